@@ -1,0 +1,141 @@
+"""In-memory record buffer and the background thread that flushes it to an Arrow IPC stream."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from flor_lib.schema import RECORD_SCHEMA
+
+Row = tuple  # (seq, loops_ctx, kind, name, value_type, number, text)
+
+
+class RecordBuffer:
+    """Collects records as tuples on the training thread; a daemon thread writes them in batches.
+
+    The file is an Arrow IPC stream: every flushed batch stays readable if the process dies
+    later, which a Parquet file (footer written last) would not.
+    """
+
+    def __init__(self, path: Path, run_keys: dict, attempt: int, source: str = "record",
+                 replay_id: str | None = None, interval: float = 2.0, first_seq: int = 0) -> None:
+        self.path = path
+        self._keys = run_keys
+        self._attempt = attempt
+        self._source = source
+        self._replay_id = replay_id
+        self._interval = interval
+        self._rows: list[Row] = []
+        self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._seq = first_seq
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self._sink = None
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self.on_error: Callable[[BaseException], None] | None = None
+        self.flushed_seq = first_seq  # every record with seq < flushed_seq is durable
+        self._thread = threading.Thread(target=self._loop, name="flor-flush", daemon=True)
+        self._thread.start()
+
+    @property
+    def next_seq(self) -> int:
+        """Sequence number the next record will get."""
+        return self._seq
+
+    def append(self, ctx: tuple, kind: str, name: str, vtype: str, number, text) -> None:
+        """Buffer one record; called on the training thread, so it only appends a tuple."""
+        with self._lock:
+            self._rows.append((self._seq, ctx, kind, name, vtype, number, text))
+            self._seq += 1
+
+    def flush(self) -> int:
+        """Write everything buffered so far and fsync it; return the durable sequence bound."""
+        with self._io_lock:
+            with self._lock:
+                rows, self._rows = self._rows, []
+                bound = self._seq
+            if rows:
+                self._write(rows)
+            self.flushed_seq = bound
+            return bound
+
+    def close(self) -> None:
+        """Stop the thread, flush the rest and close the file."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.flush()
+        with self._io_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._sink.close()
+                self._writer = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.flush()
+            except BaseException as exc:  # a full disk must not kill training; report once
+                if self._error is None:
+                    self._error = exc
+                    if self.on_error:
+                        self.on_error(exc)
+
+    def _write(self, rows: list[Row]) -> None:
+        batch = self._to_batch(rows)
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = pa.OSFile(str(self.path), "ab")
+            self._writer = pa.ipc.new_stream(self._sink, RECORD_SCHEMA)
+        self._writer.write_batch(batch)
+        self._sink.flush()
+        os.fsync(self._sink.fileno())
+
+    def _to_batch(self, rows: list[Row]) -> pa.RecordBatch:
+        n = len(rows)
+        seq, ctx, kind, name, vtype, number, text = zip(*rows, strict=True)
+        k = self._keys
+        tstamp = k["tstamp"] if isinstance(k["tstamp"], datetime) else datetime.fromisoformat(k["tstamp"])
+        cols = {
+            "projid": pa.array([k["projid"]] * n, pa.string()),
+            "runid": pa.array([k["runid"]] * n, pa.string()),
+            "tstamp": pa.array([tstamp] * n, pa.timestamp("us", tz="UTC")),
+            "vid": pa.array([k["vid"]] * n, pa.string()),
+            "filename": pa.array([k["filename"]] * n, pa.string()),
+            "attempt": pa.array([self._attempt] * n, pa.int32()),
+            "seq": pa.array(seq, pa.int64()),
+            "loops": pa.array([[c[0] for c in x] for x in ctx], pa.list_(pa.string())),
+            "iters": pa.array([[c[1] for c in x] for x in ctx], pa.list_(pa.int64())),
+            "kind": pa.array(kind, pa.string()),
+            "name": pa.array(name, pa.string()),
+            "value": pa.array(number, pa.float64()),
+            "value_text": pa.array(text, pa.string()),
+            "value_type": pa.array(vtype, pa.string()),
+            "source": pa.array([self._source] * n, pa.string()),
+            "replay_id": pa.array([self._replay_id] * n, pa.string()),
+        }
+        return pa.RecordBatch.from_pydict(cols, schema=RECORD_SCHEMA)
+
+
+def read_stream(path: Path | str, filesystem=None) -> pa.Table:
+    """Read an IPC stream up to its last complete batch (a crash may leave a torn tail)."""
+    batches = []
+    opener = filesystem.open if filesystem is not None else open
+    try:
+        with opener(str(path), "rb") as f:
+            reader = pa.ipc.open_stream(f)
+            while True:
+                try:
+                    batches.append(reader.read_next_batch())
+                except StopIteration:
+                    break
+                except (pa.ArrowInvalid, OSError):
+                    break
+    except (pa.ArrowInvalid, OSError, FileNotFoundError):
+        pass
+    return pa.Table.from_batches(batches, schema=RECORD_SCHEMA)

@@ -1,0 +1,198 @@
+"""Training state: registration, the adaptive policy, a background writer, and exact restore."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from flor_lib.errors import FlorError, warn
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def check_registrable(obj: object) -> None:
+    """Raise at registration (not at the first save) for state flor cannot save and restore in place."""
+    if hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict"):
+        return
+    if isinstance(obj, dict | list | bytearray | set) or type(obj).__module__ == "numpy":
+        if type(obj).__module__ == "numpy" and not hasattr(obj, "__setitem__"):
+            raise FlorError(f"flor.checkpoints: a numpy {type(obj).__name__} is immutable: register an array")
+        return
+    raise FlorError(
+        f"flor.checkpoints cannot restore a {type(obj).__name__} in place: register objects with "
+        "state_dict()/load_state_dict() (modules, optimizers, schedulers), dicts, lists or numpy arrays"
+    )
+
+
+def to_cpu(tree):
+    """Copy a state tree with every tensor detached and on the CPU (the only work on the training thread)."""
+    torch = _torch()
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(to_cpu(v) for v in tree)
+    if type(tree).__module__ == "numpy" and hasattr(tree, "shape"):
+        return {"__ndarray__": torch.from_numpy(tree.copy())}
+    return copy.deepcopy(tree)
+
+
+def _from_cpu(tree):
+    if isinstance(tree, dict):
+        if set(tree) == {"__ndarray__"}:
+            return tree["__ndarray__"].numpy()
+        return {k: _from_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_from_cpu(v) for v in tree)
+    return tree
+
+
+def rng_state() -> dict:
+    """Every RNG state that replay needs to reproduce shuffling and dropout."""
+    torch = _torch()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached]
+    except ImportError:
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.clone() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back the RNG states saved by rng_state."""
+    torch = _torch()
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def capture(objs: list, frame_vars: dict) -> dict:
+    """A CPU copy of registered objects, RNG states and loop variables, ready to serialize."""
+    return {
+        "objects": [to_cpu(o.state_dict() if hasattr(o, "state_dict") else o) for o in objs],
+        "rng": rng_state(),
+        "vars": to_cpu(frame_vars),
+    }
+
+
+def serialize(state: dict) -> bytes:
+    """torch.save a captured state into bytes."""
+    buf = io.BytesIO()
+    _torch().save(state, buf)
+    return buf.getvalue()
+
+
+def load(data: bytes, unsafe: bool = False) -> dict:
+    """Deserialize a checkpoint; full unpickling only when the caller opts in (FLOR_UNSAFE_LOAD=1)."""
+    torch = _torch()
+    unsafe = unsafe or os.environ.get("FLOR_UNSAFE_LOAD") == "1"
+    try:
+        return torch.load(io.BytesIO(data), weights_only=not unsafe, map_location="cpu")
+    except Exception as exc:
+        if unsafe:
+            raise FlorError(f"checkpoint is corrupted ({exc.__class__.__name__}): replay from an earlier one")
+        raise FlorError(
+            f"checkpoint could not be loaded safely ({str(exc).splitlines()[0][:160]}); if you trust "
+            "this store, FLOR_UNSAFE_LOAD=1 allows full unpickling (it can run arbitrary code)"
+        ) from exc
+
+
+def apply(state: dict, objs: list) -> dict:
+    """Load a deserialized checkpoint into registered objects in place and return its loop variables."""
+    saved = state["objects"]
+    if len(saved) != len(objs):
+        raise FlorError(f"checkpoint holds {len(saved)} objects but {len(objs)} are registered now")
+    for obj, data in zip(objs, saved, strict=True):
+        data = _from_cpu(data)
+        if hasattr(obj, "load_state_dict"):
+            obj.load_state_dict(data)
+        elif isinstance(obj, dict):
+            obj.clear()
+            obj.update(data)
+        elif isinstance(obj, list | bytearray):
+            obj[:] = data
+        elif isinstance(obj, set):
+            obj.clear()
+            obj.update(data)
+        else:
+            obj[...] = data
+    set_rng_state(state["rng"])
+    return _from_cpu(state["vars"])
+
+
+class Policy:
+    """FlorDB's adaptive rule: take checkpoint k+1 only while (k+1)*M <= eps*n*C."""
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+        self.taken = 0
+        self.save_cost = 0.0  # mean seconds per checkpoint (copy + serialize + write)
+        self.started = time.perf_counter()
+
+    def should_save(self, iterations_done: int, last: bool) -> bool:
+        """Whether to checkpoint now, after iterations_done outer iterations."""
+        if last or self.taken == 0:
+            return True
+        elapsed = time.perf_counter() - self.started
+        return (self.taken + 1) * self.save_cost <= self.eps * elapsed
+
+    def record_cost(self, seconds: float) -> None:
+        """Fold the measured cost of one checkpoint into the running mean."""
+        self.taken += 1
+        self.save_cost += (seconds - self.save_cost) / self.taken
+
+
+class Writer:
+    """Serializes and writes checkpoints on a daemon thread, behind a bounded queue."""
+
+    def __init__(self, write: Callable[[int, dict, int, float], None], depth: int = 2) -> None:
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._loop, name="flor-ckpt", daemon=True)
+        self._thread.start()
+        self.error: BaseException | None = None
+
+    def submit(self, index: int, state: dict, seq: int, copy_s: float) -> bool:
+        """Queue a captured state; False (skip, don't stall training) when the queue is full."""
+        try:
+            self._queue.put_nowait((index, state, seq, copy_s))
+            return True
+        except queue.Full:
+            return False
+
+    def close(self) -> None:
+        """Wait for queued checkpoints to be written."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self._write(*item)
+            except BaseException as exc:
+                if self.error is None:
+                    self.error = exc
+                    warn(f"checkpoint not written ({exc}); training continues")

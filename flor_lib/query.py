@@ -1,0 +1,217 @@
+"""Reading records back: the pyarrow dataset, DuckDB views `logs` and `runs`, and wide dataframes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from flor_lib import compact
+from flor_lib.buffer import read_stream
+from flor_lib.errors import FlorError
+from flor_lib.schema import RECORD_SCHEMA
+from flor_lib.store import Store
+
+DATA_PREP = ("projid", "runid", "tstamp", "vid")
+_RUN_COLS = ["projid", "runid", "tstamp", "vid", "filename", "status", "host", "start", "end", "duration_s",
+             "sweep"]
+
+
+def dataset(store: Store | None = None) -> ds.Dataset:
+    """The pyarrow dataset of every record: compacted Parquet plus streams of runs not yet finalized."""
+    store = store or Store()
+    files = [f for p in _record_projects(store) for f in compact.parquet_files(store, p)]
+    parts: list[ds.Dataset] = []
+    if files:
+        parts.append(ds.dataset(files, schema=RECORD_SCHEMA, format="parquet", filesystem=store.fs))
+    streams = compact.visible_streams(store)
+    if streams:
+        parts.append(ds.dataset(pa.concat_tables([read_stream(s) for s in streams])))
+    if not parts:
+        return ds.dataset(RECORD_SCHEMA.empty_table())
+    return parts[0] if len(parts) == 1 else ds.dataset(parts)
+
+
+def _record_projects(store: Store) -> list[str]:
+    try:
+        return [p.rsplit("=", 1)[-1] for p in store.fs.ls(store.path("records"), detail=False)]
+    except FileNotFoundError:
+        return []
+
+
+def runs_frame(store: Store | None = None) -> pd.DataFrame:
+    """One row per run: identity, status, timing and every arg as a column."""
+    store = store or Store()
+    rows = []
+    for m in store.runs():
+        row = {k: m.get(k) for k in _RUN_COLS if k in m}
+        attempts = m.get("attempts") or [{}]
+        row["start"] = attempts[0].get("start")
+        row["end"] = m.get("end")
+        if row["end"] and row["start"]:
+            row["duration_s"] = (pd.Timestamp(row["end"]) - pd.Timestamp(row["start"])).total_seconds()
+        row["checkpoints"] = len(m.get("checkpoints", []))
+        for k, v in (m.get("args") or {}).items():
+            row.setdefault(k, v)
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=None if rows else _RUN_COLS)
+    if "tstamp" in df:
+        df["tstamp"] = pd.to_datetime(df["tstamp"], utc=True, format="ISO8601")
+    return df
+
+
+class Connection:
+    """A read-only DuckDB connection with views `logs`, `runs` and `records` over one store."""
+
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store or Store()
+        self.con = duckdb.connect(config={"threads": 2})
+        self.records = dataset(self.store)
+        self.con.register("records", self.records)
+        self.loops = [r[0] for r in self.con.execute(
+            "SELECT DISTINCT unnest(loops) FROM records").fetchall() if r[0]]
+        self.loops.sort(key=self._loop_order)
+        loop_cols = "".join(f', iters[list_position(loops, {_lit(n)})] AS "{n}"' for n in self.loops)
+        self.con.execute(
+            "CREATE VIEW logs AS SELECT projid, runid, tstamp, vid, filename" + loop_cols +
+            ", name, value, value_text, value_type, source, replay_id, attempt, seq FROM records WHERE kind = 'log'")
+        runs = runs_frame(self.store)
+        self.con.register("runs_df", runs)
+        self.con.execute("CREATE VIEW runs AS SELECT * FROM runs_df")
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
+
+    def _loop_order(self, name: str) -> tuple:
+        row = self.con.execute(
+            "SELECT min(list_position(loops, ?)) FROM records WHERE list_contains(loops, ?)", [name, name]
+        ).fetchone()
+        return (row[0] or 0, name)
+
+    def sql(self, query: str) -> pd.DataFrame:
+        """Run a read-only query and return a DataFrame."""
+        if re.match(r"\s*(insert|update|delete|create|drop|alter|copy|attach|install|load|set|pragma|export)\b",
+                    query, re.I):
+            raise FlorError("flor.sql is read-only: use SELECT (or WITH ... SELECT) over logs and runs")
+        try:
+            return self.con.execute(query).df()
+        except duckdb.Error as exc:
+            raise FlorError(f"SQL error: {str(exc).splitlines()[0]}") from exc
+
+    def run_level(self) -> pd.DataFrame:
+        """Runs with their args and every value logged outside loops (the columns --where can use)."""
+        runs = self.con.execute("SELECT * FROM runs").df()
+        top = self.con.execute(
+            "SELECT runid, projid, name, value, value_text, value_type FROM records "
+            "WHERE kind = 'log' AND len(loops) = 0 ORDER BY source DESC, seq").df()
+        if len(top):
+            top["v"] = _decode(top)
+            wide = top.pivot_table(index=["projid", "runid"], columns="name", values="v", aggfunc="last")
+            wide = wide.reset_index()
+            wide.columns.name = None
+            runs = runs.merge(wide.drop(columns=[c for c in wide.columns if c in runs.columns
+                                                 and c not in ("projid", "runid")]),
+                              on=["projid", "runid"], how="left")
+        return runs
+
+    def select_runs(self, where: str | None) -> pd.DataFrame:
+        """Run-level rows matching a SQL condition (all runs when where is empty)."""
+        level = self.run_level()
+        if not where:
+            return level
+        self.con.register("run_level", level)
+        try:
+            keys = self.con.execute(f"SELECT projid, runid FROM run_level WHERE {where}").df()
+        except duckdb.Error as exc:
+            cols = ", ".join(str(c) for c in level.columns)
+            raise FlorError(f"--where {where!r}: {str(exc).splitlines()[0]} (columns: {cols})") from exc
+        return level.merge(keys, on=["projid", "runid"])
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _decode(df: pd.DataFrame) -> pd.Series:
+    out = df["value"].astype(object)
+    strings = df["value_type"].isin(["str"])
+    out[strings] = df.loc[strings, "value_text"]
+    ints = df["value_type"] == "int"
+    out[ints] = df.loc[ints, "value_text"].map(int)
+    bools = df["value_type"] == "bool"
+    out[bools] = df.loc[bools, "value"].map(bool)
+    return out
+
+
+def sql(query: str) -> pd.DataFrame:
+    """Run DuckDB SQL over the views `logs` (one row per record) and `runs` (one row per run)."""
+    return Connection().sql(query)
+
+
+def dataframe(*names: str, where: str | None = None, store: Store | None = None) -> pd.DataFrame:
+    """Wide view: one row per (run, loop position) that logged a requested name, args as columns."""
+    conn = Connection(store)
+    runs = conn.select_runs(where)
+    arg_cols = [c for c in runs.columns if c not in _RUN_COLS and c != "checkpoints"]
+    if not names:
+        return runs.reset_index(drop=True)
+    loop_cols = [f'"{n}"' for n in conn.loops]
+    long = conn.con.execute(
+        "SELECT projid, runid, tstamp, vid" + "".join(", " + c for c in loop_cols) +
+        ", name, value, value_text, value_type, source FROM logs WHERE name IN (SELECT unnest(?))"
+        " ORDER BY projid, runid, seq", [list(names)]).df()
+    keys = ["projid", "runid"]
+    long = long.merge(runs[keys], on=keys)
+    if long.empty:
+        cols = ["projid", "runid", "tstamp", "vid", *conn.loops, *names]
+        return pd.DataFrame(columns=cols)
+    long["v"] = _decode(long)
+    # recorded values win over replayed ones at the same position
+    long = long.sort_values("source", key=lambda s: s.map({"replay": 0, "record": 1}), kind="stable")
+    is_top = long[conn.loops].isna().all(axis=1) if conn.loops else pd.Series(True, index=long.index)
+    idx = ["projid", "runid", "tstamp", "vid", *conn.loops]
+    nested = long[~is_top]
+    if len(nested):
+        wide = nested.pivot_table(index=idx, columns="name", values="v", aggfunc="last", dropna=False)
+        wide = wide.dropna(how="all").reset_index()
+    else:
+        wide = long[idx].drop_duplicates(subset=keys).reset_index(drop=True)
+    wide.columns.name = None
+    top = long[is_top]
+    if len(top):
+        top_wide = top.pivot_table(index=keys, columns="name", values="v", aggfunc="last").reset_index()
+        top_wide.columns.name = None
+        wide = wide.merge(top_wide, on=keys, how="outer", suffixes=("", "_run"))
+        wide["tstamp"] = wide["tstamp"].fillna(wide[keys].merge(runs[[*keys, "tstamp"]], on=keys)["tstamp"])
+    wide = wide.merge(runs[[*keys, *[c for c in arg_cols if c not in wide.columns]]], on=keys, how="left")
+    for n in names:
+        if n not in wide.columns:
+            wide[n] = None
+    for c in conn.loops:
+        if c in wide:
+            wide[c] = wide[c].astype("Int64")
+    ordered = ["projid", "runid", "tstamp", "vid", *[c for c in conn.loops if c in wide], *names]
+    rest = [c for c in wide.columns if c not in ordered]
+    out = wide[ordered + rest].sort_values(["tstamp", "runid", *[c for c in conn.loops if c in wide]])
+    return out.infer_objects().reset_index(drop=True)
+
+
+def log_records(store: Store | None = None) -> pd.DataFrame:
+    """FlorDB spelling: every record in long form."""
+    return Connection(store).sql("SELECT * FROM logs ORDER BY tstamp, runid, seq")
+
+
+def full_pivot(df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """FlorDB spelling: the wide view of the given long records (all of them by default)."""
+    names = sorted(set(df["name"])) if df is not None and len(df) else []
+    return dataframe(*names) if names else dataframe()
+
+
+def show(*names: str, where: str | None = None) -> Any:
+    """A compact HTML table of the wide view, for notebooks."""
+    from IPython.display import HTML
+
+    return HTML(dataframe(*names, where=where).to_html(max_rows=50, index=False))

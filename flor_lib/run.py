@@ -1,0 +1,352 @@
+"""One recorded (or replayed) execution of a training script: identity, lifecycle, loops, logs."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from flor_lib import args as cli
+from flor_lib import checkpoint as ckpt
+from flor_lib import config, framevars, values, versions
+from flor_lib.buffer import RecordBuffer
+from flor_lib.errors import FlorError, warn
+from flor_lib.store import Store
+
+
+def _script_path() -> Path:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None) or (sys.argv[0] if sys.argv and sys.argv[0] else "")
+    if not path or path in ("-c", "-m"):
+        return Path.cwd() / "<interactive>"
+    return Path(path).resolve()
+
+
+class Run:
+    """The state of the current process's run; created by the first flor call."""
+
+    def __init__(self, name: str | None = None, script: Path | None = None, replay=None) -> None:
+        self.replay = replay  # a replay.mode.ReplayMode when re-executing an old run
+        self.store = Store()
+        self.script = script or _script_path()
+        self.cli_args = cli.parse_cli(sys.argv[1:])
+        self.args: dict[str, object] = {}
+        self.objects: list = []
+        self._stack: list[tuple[str, int]] = []
+        self._ctx: tuple = ()
+        self._outer_len: int | None = None
+        self._nested_done = False
+        self._outer_iters = 0
+        self.status = "running"
+        self._quiet = False  # a resumed attempt does not re-log what happened before its checkpoint
+        self._closed = False
+        self._lock = threading.Lock()
+        self.checkpoints: list[dict] = []
+        self.skipped_checkpoints = 0
+        if replay is not None:
+            self.meta = replay.meta
+            self.projid, self.runid = self.meta["projid"], self.meta["runid"]
+            self.attempt = 0
+            self.buffer = RecordBuffer(replay.stream_path, self._keys(), attempt=0, source="replay",
+                                       replay_id=replay.replay_id, interval=config.flush_seconds())
+            return
+        self.store.check_writable()
+        self.project = versions.locate(self.script)
+        for w in self.project.warnings:
+            warn(w)
+        self.projid = self.project.projid
+        resume = os.environ.get("FLOR_RESUME")
+        self.tstamp = datetime.now(UTC)
+        if resume:
+            self.meta = self.store.find_run(resume, self.projid)
+            self.runid = self.meta["runid"]
+            self.attempt = len(self.meta.get("attempts", [])) + 1
+            self.checkpoints = self.meta.get("checkpoints", [])
+        else:
+            self.runid = self._unique_runid(name)
+            self.attempt = 1
+            self.meta = self._initial_meta()
+        self._vid_ready = threading.Event()
+        threading.Thread(target=self._snapshot, name="flor-snapshot", daemon=True).start()
+        first_seq = self._resume_point()["seq"] if resume else 0
+        self.buffer = RecordBuffer(self.store.spool / self.projid / self.runid / f"a{self.attempt}.arrows",
+                                   self._keys(), attempt=self.attempt, interval=config.flush_seconds(),
+                                   first_seq=first_seq)
+        self._quiet = bool(resume)
+        self.buffer.on_error = lambda exc: warn(f"records not written ({exc}); they stay in memory")
+        self.policy = ckpt.Policy(config.epsilon())
+        self.writer = ckpt.Writer(self._write_checkpoint)
+        self.meta.setdefault("attempts", []).append(
+            {"attempt": self.attempt, "start_seq": first_seq, "pid": os.getpid(), "host": socket.gethostname(),
+             "start": self.tstamp.isoformat(), "resumed_from": self._resume_point()["iter"] if resume else None})
+        self.meta["status"] = "running"
+        self._save_meta()
+        self._install_exit_hooks()
+
+    # identity -----------------------------------------------------------------------------------
+    def _unique_runid(self, name: str | None) -> str:
+        if not name:
+            return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+        values.check_name(name)
+        runid, n = name, 1
+        while self.store.fs.exists(self.store.run_meta_path(self.projid, runid)):
+            n += 1
+            runid = f"{name}-{n}"
+        if runid != name:
+            warn(f"a run named {name!r} exists already: this one is {runid!r}")
+        return runid
+
+    def _initial_meta(self) -> dict:
+        torch = sys.modules.get("torch")
+        return {
+            "projid": self.projid, "runid": self.runid, "tstamp": self.tstamp.isoformat(), "vid": None,
+            "filename": self.project.relpath, "repo": str(self.project.root) if self.project.root else None,
+            "branch": self.project.branch, "argv": sys.argv[1:], "args": {}, "host": socket.gethostname(),
+            "python": platform.python_version(), "torch": getattr(torch, "__version__", None),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "sweep": os.environ.get("FLOR_SWEEP"), "status": "running", "end": None,
+            "checkpoints": [], "attempts": [],
+        }
+
+    def _keys(self) -> dict:
+        run = self
+
+        class Keys(dict):
+            """Run keys read at flush time, so the first flush can wait for the snapshot's vid."""
+
+            def __getitem__(self, key):
+                if key == "vid" and run.replay is None:
+                    run._vid_ready.wait(60)
+                return run.meta.get(key)
+
+        return Keys()
+
+    def _snapshot(self) -> None:
+        try:
+            if self.project.root is not None and self.meta.get("vid") is None:
+                vid, skipped = versions.snapshot(self.project.root, f"flor: {self.runid} {self.project.relpath}")
+                self.meta["vid"] = vid
+                if skipped:
+                    warn(f"left out of the code snapshot (over {config.max_snapshot_bytes() >> 20} MB): "
+                         + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+                self.meta["snapshot_skipped"] = skipped
+        except Exception as exc:  # a broken repo must not stop training
+            warn(f"code snapshot failed ({str(exc).strip().splitlines()[-1][:200]}): run has no vid")
+        finally:
+            self._vid_ready.set()
+
+    def _resume_point(self) -> dict:
+        if not self.checkpoints:
+            return {"iter": None, "seq": 0}
+        last = self.checkpoints[-1]
+        return {"iter": last["iter"], "seq": last["seq"]}
+
+    def _save_meta(self) -> None:
+        with self._lock:
+            self.meta["checkpoints"] = self.checkpoints
+            self.meta["skipped_checkpoints"] = self.skipped_checkpoints
+            self.store.write_json(self.store.run_meta_path(self.projid, self.runid), self.meta)
+
+    # API ----------------------------------------------------------------------------------------
+    def arg(self, name: str, default: object) -> object:
+        """The value of a hyper-parameter for this run."""
+        values.check_name(name)
+        if self.replay is not None:
+            return self.replay.arg(name, default)
+        if name in self.cli_args:
+            value = cli.cast(name, self.cli_args[name], default)
+        elif self.attempt > 1 and name in self.meta.get("args", {}):
+            value = self.meta["args"][name]
+        else:
+            value = default
+        stored = "***" if cli.is_secret(name) and not config.store_secrets() else value
+        self.args[name] = value
+        if self.attempt == 1 or name not in self.meta["args"]:
+            self.meta["args"][name] = stored
+            self._append("arg", name, stored)
+        return value
+
+    def log(self, name: str, value: object) -> object:
+        """Record one value at the current loop position."""
+        if self._quiet or (self.replay is not None and not self.replay.wants(name, value, self._ctx)):
+            return value
+        self._append("log", name, value)
+        return value
+
+    def _append(self, kind: str, name: str, value: object) -> None:
+        if name.__class__ is not str or name not in values._checked_names:
+            values.check_name(name)
+        if isinstance(value, list | tuple | dict):
+            value = self._reject(name, value)
+        vtype, number, text = values.encode(value)
+        self.buffer.append(self._ctx, kind, name, vtype, number, text)
+
+    @staticmethod
+    def _reject(name: str, value: object) -> object:
+        raise TypeError(f"flor.log({name!r}, ...) got a {type(value).__name__}: log one scalar per name "
+                        "(e.g. flor.log('x0', x[0]))")
+
+    def register(self, *objs: object) -> None:
+        """Register the state that checkpoints save and restore."""
+        for obj in objs:
+            ckpt.check_registrable(obj)
+        self.objects.extend(objs)
+
+    # loops --------------------------------------------------------------------------------------
+    def loop(self, name: str, iterable):
+        """Wrap an iterable so flor knows the loop position and can checkpoint at its boundaries."""
+        values.check_name(name)
+        if not self._stack:
+            if self.replay is not None:
+                return self.replay.outer_loop(self, name, iterable)
+            return self._outer_loop(name, iterable)
+        if len(self._stack) == 1 and self.replay is not None:
+            return self.replay.nested_loop(self, name, iterable)
+        return self._nested_loop(name, iterable, len(self._stack))
+
+    def push(self, name: str, index: int) -> None:
+        """Enter iteration index of loop name."""
+        self._stack.append((name, index))
+        self._ctx = tuple(self._stack)
+
+    def pop(self) -> None:
+        """Leave the innermost iteration."""
+        self._stack.pop()
+        self._ctx = tuple(self._stack)
+
+    def _outer_loop(self, name: str, iterable):
+        self._outer_len = len(iterable) if hasattr(iterable, "__len__") else None
+        start = self._resume_point()["iter"]
+        frame = sys._getframe(1)
+        self.policy.started = time.perf_counter()
+        it = iter(iterable)
+        if start is not None:  # resume: skip to the checkpoint, then continue after it
+            for _ in range(start + 1):
+                next(it)
+            state = ckpt.load(self._read_checkpoint(self.checkpoints[-1]))
+            framevars.restore(frame, ckpt.apply(state, self.objects))
+        index = -1 if start is None else start
+        self._quiet = False
+        for item in it:
+            index += 1
+            self.push(name, index)
+            self._nested_done = False
+            try:
+                yield item
+            finally:
+                self.pop()
+            self._outer_iters = index + 1
+            if not self._nested_done:
+                self.maybe_checkpoint(index, frame)
+
+    def _nested_loop(self, name: str, iterable, depth: int):
+        frame = sys._getframe(1)
+        for index, item in enumerate(iterable):
+            self.push(name, index)
+            try:
+                yield item
+            finally:
+                self.pop()
+        if depth == 1:
+            self._nested_done = True
+            self.maybe_checkpoint(self._stack[0][1], frame)
+
+    # checkpoints --------------------------------------------------------------------------------
+    def maybe_checkpoint(self, index: int, frame) -> None:
+        """Checkpoint outer iteration index if the policy allows (always the last one)."""
+        if not self.objects:
+            return
+        last = self._outer_len is not None and index == self._outer_len - 1
+        if not self.policy.should_save(index + 1, last):
+            return
+        t0 = time.perf_counter()
+        state = ckpt.capture(self.objects, framevars.capture(frame, framevars.nested_loop_names(str(self.script))))
+        seq = self.buffer.next_seq
+        copy_s = time.perf_counter() - t0
+        if not self.writer.submit(index, state, seq, copy_s):
+            self.skipped_checkpoints += 1
+
+    def _write_checkpoint(self, index: int, state: dict, seq: int, copy_s: float) -> None:
+        t0 = time.perf_counter()
+        self.buffer.flush()  # records logged before the checkpoint become durable first
+        data = ckpt.serialize(state)
+        path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/i{index:06d}.pt"
+        self.store.write_bytes(path, data)
+        save_s = time.perf_counter() - t0
+        self.policy.record_cost(save_s + copy_s)
+        self.checkpoints = [c for c in self.checkpoints if c["iter"] != index] + [
+            {"iter": index, "path": path.rsplit("/", 1)[-1], "bytes": len(data), "seq": seq,
+             "copy_s": round(copy_s, 6), "save_s": round(save_s, 6), "attempt": self.attempt}]
+        self._save_meta()
+
+    def _read_checkpoint(self, entry: dict) -> bytes:
+        path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/{entry['path']}"
+        try:
+            return self.store.fs.cat_file(path)
+        except FileNotFoundError as exc:
+            raise FlorError(f"checkpoint {entry['path']} of run {self.runid} is missing") from exc
+
+    # lifecycle ----------------------------------------------------------------------------------
+    def _install_exit_hooks(self) -> None:
+        atexit.register(self.commit)
+        previous = sys.excepthook
+
+        def hook(kind, exc, tb):
+            self.status = "interrupted" if issubclass(kind, KeyboardInterrupt) else "failed"
+            if issubclass(kind, FlorError) and not config.debug():
+                print(f"flor: error: {exc}", file=sys.stderr)
+                self.commit()
+                return
+            previous(kind, exc, tb)
+
+        sys.excepthook = hook
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+            signal.SIG_DFL, None):
+            def on_term(signum, frame):
+                self.status = "interrupted"
+                raise SystemExit(128 + signum)
+
+            signal.signal(signal.SIGTERM, on_term)
+
+    def commit(self) -> None:
+        """Flush records, wait for checkpoints, finalize the run's records and metadata."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.replay is not None:
+            self.buffer.close()
+            self.replay.finish(self)
+            return
+        self.writer.close()
+        self.buffer.close()
+        self._vid_ready.wait(60)
+        if self.status == "running":
+            self.status = "completed"
+        self.meta["status"] = self.status
+        self.meta["end"] = datetime.now(UTC).isoformat()
+        self.meta["outer_iters"] = max(self._outer_iters, self.meta.get("outer_iters") or 0)
+        self.meta["records"] = self.buffer.next_seq
+        self.meta["attempts"][-1]["end"] = self.meta["end"]
+        self._save_meta()
+        if os.environ.get("FLOR_DEFER_AGGREGATE") != "1":
+            from flor_lib import compact
+
+            try:
+                compact.finalize_run(self.store, self.projid, self.runid, truncate=truncation(self.meta))
+                compact.merge_project(self.store, self.projid)
+            except Exception as exc:
+                warn(f"records stay in the spool until `flor sync` ({exc})")
+
+
+def truncation(meta: dict) -> dict[int, int]:
+    """For each attempt that a later attempt resumed, the first seq that the later one redid."""
+    attempts = meta.get("attempts", [])
+    return {a["attempt"]: b["start_seq"] for a, b in zip(attempts, attempts[1:], strict=False)}

@@ -1,0 +1,143 @@
+"""Code snapshots: the working tree as a commit on a shadow branch, never touching the user's."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flor_lib import config
+from flor_lib.errors import FlorError
+
+
+@dataclass
+class Project:
+    """Where a script lives: repository root, project id, and the script's path inside it."""
+
+    projid: str
+    root: Path | None
+    relpath: str
+    branch: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _sanitize(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "default"
+
+
+def locate(script: Path) -> Project:
+    """Find the repository of a script and name its project (repo + branch)."""
+    import git
+
+    script = script.resolve()
+    try:
+        repo = git.Repo(script.parent, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return Project(
+            projid=_sanitize(script.parent.name), root=None, relpath=script.name, branch=None,
+            warnings=[f"{script.parent} is not in a git repository: recording without a code version "
+                      "(replay needs one: run `git init` and commit)"],
+        )
+    root = Path(repo.working_tree_dir)
+    warnings = []
+    if repo.head.is_detached:
+        branch = "detached"
+        warnings.append("HEAD is detached: the run is recorded under the project "
+                        f"{_sanitize(root.name)}_detached (check out a branch to group runs by branch)")
+    else:
+        branch = repo.head.reference.name
+        if not repo.head.is_valid():
+            warnings.append(f"branch {branch} has no commits yet: the snapshot is the first commit "
+                            f"of {config.shadow_branch()}")
+    return Project(projid=_sanitize(f"{root.name}_{branch}"), root=root,
+                   relpath=str(script.relative_to(root)), branch=branch, warnings=warnings)
+
+
+def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[str, list[str]]:
+    """Commit the working tree (tracked + untracked, not ignored) to the shadow branch; return (vid, skipped).
+
+    Uses a private index file, so the user's HEAD, branch, index and files stay as they were.
+    Identical trees reuse an earlier snapshot's commit.
+    """
+    import git
+
+    max_bytes = config.max_snapshot_bytes() if max_bytes is None else max_bytes
+    repo = git.Repo(root)
+    gitdir = Path(repo.git_dir)
+    ref = f"refs/heads/{config.shadow_branch()}"
+    fd, index = tempfile.mkstemp(prefix="flor-index-", dir=gitdir)
+    os.close(fd)
+    try:
+        if (gitdir / "index").exists():
+            shutil.copyfile(gitdir / "index", index)  # reuse stat data: unchanged files are not rehashed
+        else:
+            os.unlink(index)
+        env = {"GIT_INDEX_FILE": index}
+        g = repo.git
+        g.add("-A", "--", ".", env=env)
+        skipped = _drop_large(g, root, env, max_bytes)
+        tree = g.write_tree(env=env)
+        return _commit(repo, ref, tree, message), skipped
+    finally:
+        for p in (index, index + ".lock"):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def _drop_large(g, root: Path, env: dict, max_bytes: int) -> list[str]:
+    skipped = []
+    for line in g.ls_files("-s", "-z", env=env).split("\0"):
+        if not line:
+            continue
+        path = line.split("\t", 1)[1]
+        try:
+            size = (root / path).stat().st_size
+        except OSError:
+            continue
+        if size > max_bytes:
+            skipped.append(path)
+    if skipped:
+        g.rm("--cached", "-q", "--", *skipped, env=env)
+    return skipped
+
+
+def _commit(repo, ref: str, tree: str, message: str) -> str:
+    import git
+
+    g = repo.git
+    for attempt in range(50):
+        try:
+            tip = g.rev_parse("--verify", "-q", ref)
+        except git.GitCommandError:
+            tip = ""
+        if tip:
+            for line in g.log("--format=%H %T", "-n", "64", tip).splitlines():
+                commit, commit_tree = line.split()
+                if commit_tree == tree:
+                    return commit
+        parents = ["-p", tip] if tip else []
+        try:
+            head = g.rev_parse("--verify", "-q", "HEAD")
+            if head and head != tip:
+                parents += ["-p", head]
+        except git.GitCommandError:
+            pass
+        commit = g.commit_tree(tree, *parents, "-m", message)
+        try:
+            # compare-and-swap: fails if another run moved the branch since we read it
+            g.update_ref(ref, commit, tip or "0" * 40)
+            return commit
+        except git.GitCommandError:
+            time.sleep(0.01 * (attempt + 1))
+    raise FlorError(f"could not update {ref} after 50 tries: another process keeps moving it")
+
+
+def show_file(root: Path, vid: str, relpath: str) -> str:
+    """The text of a file as it was in a snapshot."""
+    import git
+
+    return git.Repo(root).git.show(f"{vid}:{relpath}")
