@@ -113,7 +113,8 @@ def load(data: bytes, unsafe: bool = False) -> dict:
         return torch.load(io.BytesIO(data), weights_only=not unsafe, map_location="cpu")
     except Exception as exc:
         if unsafe:
-            raise FlorError(f"checkpoint is corrupted ({exc.__class__.__name__}): replay from an earlier one")
+            raise FlorError(
+                f"checkpoint is corrupted ({exc.__class__.__name__}): replay from an earlier one") from exc
         raise FlorError(
             f"checkpoint could not be loaded safely ({str(exc).splitlines()[0][:160]}); if you trust "
             "this store, FLOR_UNSAFE_LOAD=1 allows full unpickling (it can run arbitrary code)"
