@@ -7,6 +7,7 @@ import io
 import tokenize
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from flor_lib.errors import FlorError
 
 FLOR_MODULES = frozenset({"flor_lib", "flor"})
 # FlorDB's unnamed `Flor.loop(it)` takes its name from the nesting depth, as flor_lib.loop does at run time.
@@ -16,7 +17,7 @@ _TRY = (ast.Try, getattr(ast, "TryStar", ast.Try))
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
-class TransplantError(Exception):
+class TransplantError(FlorError):
     """A log statement cannot be found in, or carried into, a version of a script (one-line message)."""
 
 
@@ -143,7 +144,7 @@ class Scope:
             return f"flor.loop({self.name!r})"
         if self.kind in ("def", "class"):
             return f"{'function' if self.kind == 'def' else 'class'} {self.name!r}"
-        return f"`{self.name}:` block" + ("" if self.branch == "body" else f" with a {self.branch} branch")
+        return f"`{self.name}:` block" + ("" if self.branch == "body" else f" ({self.branch} branch)")
 
 
 @dataclass(eq=False)
@@ -325,10 +326,17 @@ def _stored_names(nodes: Iterable[ast.AST]) -> set[str]:
 
 
 def _loads(nodes: Iterable[ast.AST]) -> Iterator[ast.Name]:
-    for root in nodes:
-        for n in ast.walk(root):
-            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
-                yield n
+    # a comprehension's, lambda's or function's own names are not reads of the enclosing variables
+    stack: list[tuple[ast.AST, frozenset[str]]] = [(n, frozenset()) for n in nodes]
+    while stack:
+        n, local = stack.pop()
+        if isinstance(n, _COMPREHENSIONS):
+            local |= {t.id for g in n.generators for t in ast.walk(g.target) if isinstance(t, ast.Name)}
+        elif isinstance(n, (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef)):
+            local |= {a.arg for a in ast.walk(n.args) if isinstance(a, ast.arg)}
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id not in local:
+            yield n
+        stack.extend((c, local) for c in ast.iter_child_nodes(n))
 
 
 def assigned_in_loop_and_read_after(source: str, loop_name: str) -> set[str]:

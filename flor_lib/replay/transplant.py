@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ class LogStatement:
     lineno: int = 0
     index: int = 0  # position in its block
     loops_before: int = 0  # siblings before it that are or contain a flor loop
+    loops_after: int = 0  # ... and after it
     lift: LogStatement | None = None  # the enclosing if/with/for/... to carry whole when it is missing
 
     @property
@@ -79,7 +81,8 @@ def _record(an: Analysis, site: Site, name: str) -> LogStatement:
         prev=an.norm(blk[i - 1]) if i > 0 else None,
         next=an.norm(blk[i + 1]) if i + 1 < len(blk) else None,
         level=an.level(site), lineno=st.lineno, index=i,
-        loops_before=sum(an.contains_loop(s) for s in blk[:i]), lift=lift,
+        loops_before=sum(an.contains_loop(s) for s in blk[:i]),
+        loops_after=sum(an.contains_loop(s) for s in blk[i + 1:]), lift=lift,
     )
 
 
@@ -104,7 +107,28 @@ def _branch(st: ast.stmt, branch: str) -> list[ast.stmt] | None:
     return dict(child_blocks(st)).get(branch)
 
 
-def _find_scope(an: Analysis, block: list[ast.stmt], scope: Scope) -> list[ast.stmt] | None:
+def similarity(a: str, b: str) -> float:
+    """difflib ratio of two normalised statements, by characters or by tokens, whichever is higher."""
+    # by tokens, a renamed identifier costs one token rather than all its characters
+    chars = difflib.SequenceMatcher(None, a, b).ratio()
+    return max(chars, difflib.SequenceMatcher(None, _tokens(a), _tokens(b), autojunk=False).ratio())
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"\w+|'[^']*'|\S", text)
+
+
+def _neighbours_agree(an: Analysis, st: ast.stmt, rec: LogStatement) -> bool:
+    site = an.site_of[id(st)]
+    blk, i = site.block, site.index
+    prev = an.norm(blk[i - 1]) if i > 0 else None
+    nxt = an.norm(blk[i + 1]) if i + 1 < len(blk) else None
+    return any(a == b if a is None or b is None else similarity(a, b) >= FUZZY_MIN
+               for a, b in ((rec.prev, prev), (rec.next, nxt)))
+
+
+def _find_scope(an: Analysis, block: list[ast.stmt], scope: Scope,
+                rec: LogStatement | None = None) -> list[ast.stmt] | None:
     if scope.kind == "loop":
         for st in iter_blocks_bfs(block):
             if an.loop_name(st) == scope.name:
@@ -116,19 +140,29 @@ def _find_scope(an: Analysis, block: list[ast.stmt], scope: Scope) -> list[ast.s
                 return _branch(st, scope.branch)
         return None
     cands = [st for st in block if compound_kind(st) == scope.kind and an.loop_name(st) is None]
+    want = rec.index if rec else 0
     exact = [st for st in cands if header(st) == scope.name]
     if exact:
-        return _branch(exact[0], scope.branch)
-    scored = [(difflib.SequenceMatcher(None, scope.name, header(st)).ratio(), -k, st) for k, st in enumerate(cands)]
+        return _branch(min(exact, key=lambda st: abs(block.index(st) - want)), scope.branch)
+    # an edited header (`if i % 10` -> `if i % 20`) only counts where it sits among the same neighbours,
+    # else a brand-new `if i == 1:` would be taken for an old `if i % 2 == 0:`
+    scored = [(similarity(scope.name, header(st)), -abs(block.index(st) - want), st) for st in cands
+              if rec is None or _neighbours_agree(an, st, rec)]
     best = max(scored, default=None, key=lambda t: t[:2])
     return _branch(best[2], scope.branch) if best and best[0] >= FUZZY_MIN else None
 
 
-def _resolve(an: Analysis, anchor: tuple[Scope, ...]) -> tuple[list[ast.stmt], int]:
-    """Follow the anchor down the old tree; return the deepest block reached and how many scopes matched."""
+def _resolve(an: Analysis, s: LogStatement) -> tuple[list[ast.stmt], int]:
+    """Follow s's anchor down the old tree; return the deepest block reached and how many scopes matched."""
+    anchor = s.anchor
+    enclosing: dict[int, LogStatement] = {}  # anchor depth -> the new compound statement at that depth
+    rec = s.lift
+    while rec is not None:
+        enclosing[len(rec.anchor)] = rec
+        rec = rec.lift
     block = an.tree.body
     for k, scope in enumerate(anchor):
-        sub = _find_scope(an, block, scope)
+        sub = _find_scope(an, block, scope, enclosing.get(k))
         if sub is None:
             # a wrapper (function, with, if) may come and go between versions; the flor loops decide
             if scope.kind == "def" or any(s.kind == "loop" for s in anchor[k + 1:]):
@@ -138,45 +172,59 @@ def _resolve(an: Analysis, anchor: tuple[Scope, ...]) -> tuple[list[ast.stmt], i
     return block, len(anchor)
 
 
-def _closest(js: list[int], want: int) -> int:
-    return min(js, key=lambda j: (abs(j - want), j))
+def _best_match(norms: list[str], text: str | None, want: int) -> int | None:
+    """Index of the statement equal to text, else the most similar one (ratio >= 0.6), nearest want first."""
+    if text is None:
+        return None
+    exact = [j for j, n in enumerate(norms) if n == text]
+    if exact:
+        return min(exact, key=lambda j: (abs(j - want), j))
+    scored = [(similarity(text, n), -abs(j - want), j) for j, n in enumerate(norms)]
+    best = max(scored, default=None)
+    return best[2] if best and best[0] >= FUZZY_MIN else None
 
 
 def _position(an: Analysis, s: LogStatement, block: list[ast.stmt]) -> tuple[int, str]:
     """Index in block to insert before, and whether to go "after" block[pos-1] or "before" block[pos]."""
     norms = [an.norm(st) for st in block]
-    prev_exact = [j for j, n in enumerate(norms) if s.prev is not None and n == s.prev]
-    next_exact = [j for j, n in enumerate(norms) if s.next is not None and n == s.next]
-    if prev_exact:
-        pos, mode = _closest(prev_exact, s.index - 1) + 1, "after"
-    elif next_exact:
-        pos, mode = _closest(next_exact, s.index), "before"
+    found = _best_match(norms, s.prev, s.index - 1)
+    if found is not None:
+        pos, mode = found + 1, "after"
+    elif (found := _best_match(norms, s.next, s.index + 1)) is not None:
+        pos, mode = found, "before"
+    elif s.prev is None and s.next is not None:
+        pos, mode = 0, "before"
     else:
-        scored = []
-        for text, shift, how in ((s.prev, 1, "after"), (s.next, 0, "before")):
-            for j, n in enumerate(norms if text is not None else []):
-                scored.append((difflib.SequenceMatcher(None, text, n).ratio(), -abs(j - s.index), j + shift, how))
-        best = max(scored, default=None, key=lambda t: t[:2])
-        if best and best[0] >= FUZZY_MIN:
-            pos, mode = best[2], best[3]
-        elif s.prev is None and s.next is not None:
-            pos, mode = 0, "before"
-        else:
-            pos, mode = len(block), "after"
+        pos, mode = len(block), "after"
     # keep the statement on the same side of each flor loop: that is what its level means to replay
     loops = [j for j, st in enumerate(block) if an.contains_loop(st)]
-    k = s.loops_before
+    lo, hi = _loops_before_bounds(s.loops_before, s.loops_after, len(loops))
     before = sum(j < pos for j in loops)
-    if before < k:
-        pos, mode = loops[min(k, len(loops)) - 1] + 1, "after"
-    elif before > k:
-        pos, mode = loops[k], "before"
-    if pos == 0 and block is an.tree.body or pos == 0 and _is_docstring(block[0]):
-        while pos < len(block) and (_is_docstring(block[pos]) if pos == 0 else _is_future(block[pos])):
-            pos, mode = pos + 1, "after"
+    if before < lo:
+        pos, mode = loops[lo - 1] + 1, "after"
+    elif before > hi:
+        pos, mode = loops[hi], "before"
+    if pos == 0:  # never above a docstring or a `from __future__` import
+        skip = 1 if _is_docstring(block[0]) else 0
+        while block is an.tree.body and skip < len(block) and _is_future(block[skip]):
+            skip += 1
+        pos, mode = (skip, "after") if skip else (pos, mode)
     if pos == len(block):
         mode = "after"
     return pos, mode
+
+
+def _loops_before_bounds(k: int, a: int, n: int) -> tuple[int, int]:
+    """How many of the old block's n loop siblings may precede the statement (new: k before, a after)."""
+    if not n or not (k or a):
+        return 0, n
+    if k + a == n:
+        return k, k
+    if not a:
+        return n, n
+    if not k:
+        return 0, 0
+    return min(1, n), max(n - 1, min(1, n))
 
 
 def _is_docstring(st: ast.stmt) -> bool:
@@ -195,13 +243,14 @@ def _insertion_line(an: Analysis, block: list[ast.stmt], pos: int, mode: str) ->
     line = min([st.lineno] + [d.lineno for d in getattr(st, "decorator_list", [])]) - 1
     indent = an.indent_of(st)
     # comment lines right above a statement belong to it: go above them
-    while line > 0 and an.lines[line - 1].strip().startswith("#") and an.indent_of_line(line - 1) == indent:
+    while line > 0 and an.lines[line - 1].lstrip().startswith("#") and an.lines[line - 1].startswith(indent) \
+            and not an.lines[line - 1][len(indent):len(indent) + 1].isspace():
         line -= 1
     return line
 
 
 def _insert(an: Analysis, s: LogStatement, filename: str) -> str:
-    block, matched = _resolve(an, s.anchor)
+    block, matched = _resolve(an, s)
     if matched < len(s.anchor):
         scope = s.anchor[matched]
         lifted: LogStatement | None = s
@@ -221,8 +270,7 @@ def _insert(an: Analysis, s: LogStatement, filename: str) -> str:
     lines = an.source.split("\n")  # keeps any "\r" of "\r\n" on each line
     cr = "\r" if lines and lines[0].endswith("\r") else ""
     new = [ln + cr for ln in reindent(s.text, an.indent_of(block[0]))]
-    if at >= len(lines) or (at == len(lines) - 1 and lines[-1] == "" and at > 0):
-        at = len(lines) - 1 if lines[-1] == "" else len(lines)  # the end: keep the file's final newline
+    at = min(at, len(lines))  # a final newline leaves "" last, so the inserted lines come before it
     return "\n".join(lines[:at] + new + lines[at:])
 
 

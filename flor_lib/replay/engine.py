@@ -1,0 +1,163 @@
+"""Executing a replay plan: throwaway worktrees, one child process per segment, and the backfill."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from flor_lib.errors import FlorError
+from flor_lib.replay.plan import ReplayPlan, plan_replay
+from flor_lib.replay.segment import Segment
+from flor_lib.store import Store
+
+__all__ = ["plan_replay", "run_segment", "finish_replay", "replay", "Segment", "ReplayPlan"]
+
+
+def _pending_dir(store: Store, replay_id: str) -> Path:
+    # outside the spool that queries read: a killed replay leaves nothing visible
+    return store.spool.parent / "replays-pending" / replay_id
+
+
+def worktree(repo: Path, vid: str, relpath: str, source: str) -> Path:
+    """A detached worktree of vid with the patched script written in (shared by segments on this host)."""
+    from filelock import FileLock
+
+    digest = hashlib.sha1(f"{repo}\0{vid}\0{source}".encode()).hexdigest()[:16]
+    base = Path.home() / ".cache" / "flor" / "worktrees"
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / digest
+    with FileLock(str(base / f"{digest}.lock")):
+        if not (path / relpath).exists():
+            if path.exists():
+                shutil.rmtree(path)
+            subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "-f", str(path), vid],
+                           check=True, capture_output=True)
+            (path / relpath).write_text(source)
+    return path
+
+
+def remove_worktree(repo: Path, path: Path) -> None:
+    """Remove a worktree and git's record of it."""
+    subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(path)], capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)
+    subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True)
+
+
+def run_segment(seg: Segment, on_output: Callable[[str], None] | None = None, timeout: float | None = None) -> dict:
+    """Re-execute one segment in a child process of the old version; return its result."""
+    store = Store(seg.store_root or None)
+    meta = seg.meta
+    tree = worktree(Path(meta["repo"]), seg.vid, meta["filename"], seg.patched_source)
+    pending = _pending_dir(store, seg.replay_id)
+    spec = pending / f"{seg.key}.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(seg.dumps())
+    stream = pending / seg.projid / seg.runid / f"r-{seg.replay_id}-{seg.key}.arrows"
+    stream.unlink(missing_ok=True)  # a retried segment starts over
+    env = {**os.environ, "FLOR_REPLAY": str(spec), "FLOR_REPLAY_STREAM": str(stream), "FLOR_STORE": store.root,
+           "PYTHONUNBUFFERED": "1"}
+    cwd = tree / (meta.get("cwd") or str(Path(meta["filename"]).parent))
+    cmd = [sys.executable, str(tree / meta["filename"]), *meta.get("argv", [])]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    tail: list[str] = []
+    try:
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-20:]
+            if on_output:
+                on_output(line.rstrip())
+        code = proc.wait(timeout=timeout)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)  # cancelling a replay kills the whole process group
+        proc.wait()
+        raise
+    result_path = spec.with_suffix(".result.json")
+    if code != 0 or not result_path.exists():
+        shown = "\n".join(tail[-8:])
+        raise FlorError(f"replay of {seg.runid} (segment {seg.key}) exited with {code}:\n{shown}")
+    result = json.loads(result_path.read_text())
+    result.update(seconds=round(time.perf_counter() - t0, 3), stream=str(stream), segment=seg.key)
+    return result
+
+
+def finish_replay(plan: ReplayPlan, results: list[dict], store: Store | None = None):
+    """Land the records of every run whose segments all succeeded; summarize per run."""
+    import pandas as pd
+
+    from flor_lib import compact
+
+    store = store or Store(plan.segments[0].store_root if plan.segments else None)
+    by_run: dict[str, list[Segment]] = {}
+    for seg in plan.segments:
+        by_run.setdefault(seg.runid, []).append(seg)
+    got = {r["segment"]: r for r in results if r}
+    rows = []
+    for runid, segs in by_run.items():
+        res = [got.get(s.key) for s in segs]
+        ok = all(r is not None for r in res)
+        mismatches = [m for r in res if r for m in r.get("mismatches", [])]
+        if ok:
+            for r in res:
+                stream = Path(r["stream"])
+                if stream.exists():
+                    compact.finalize_stream(store, stream)
+        restored = sorted({i for r in res if r for i in r.get("restored", [])})
+        executed = sorted({i for r in res if r for i in r.get("executed", [])})
+        rows.append({"runid": runid, "vid": segs[0].vid[:8], "status": "backfilled" if ok else "failed",
+                     "names": ", ".join(segs[0].names), "segments": len(segs),
+                     "restored_iters": len(restored), "executed_iters": len(executed),
+                     "checked": sum(r.get("checked", 0) for r in res if r), "mismatches": len(mismatches),
+                     "seconds": round(sum(r.get("seconds", 0) for r in res if r), 2)})
+    for d in plan.skipped:
+        rows.append({"runid": d["runid"], "vid": (d.get("vid") or "")[:8], "status": "skipped", "reason": d["reason"]})
+    summary = pd.DataFrame(rows)
+    store.write_json(store.path("replays", f"{plan.replay_id}.json"),
+                     {"replay_id": plan.replay_id, "names": plan.names, "levels": plan.levels,
+                      "runs": summary.to_dict(orient="records"),
+                      "mismatches": [m for r in results if r for m in r.get("mismatches", [])][:50]})
+    shutil.rmtree(_pending_dir(store, plan.replay_id), ignore_errors=True)
+    for seg in {(s.meta["repo"], s.vid, s.meta["filename"], s.patched_source): s for s in plan.segments}.values():
+        digest = hashlib.sha1(f"{seg.meta['repo']}\0{seg.vid}\0{seg.patched_source}".encode()).hexdigest()[:16]
+        path = Path.home() / ".cache" / "flor" / "worktrees" / digest
+        if path.exists():
+            remove_worktree(Path(seg.meta["repo"]), path)
+    return summary
+
+
+def replay(names: list[str] | str, where: str | None = None, workers: int | None = None, force: bool = False,
+           dry_run: bool = False, progress: bool = True):
+    """Backfill names into past runs, locally with a pool of child processes (no Prefect)."""
+    names = [names] if isinstance(names, str) else list(names)
+    workers = workers or os.cpu_count() or 1
+    plan = plan_replay(names, where=where, force=force, workers=workers)
+    if dry_run:
+        print(plan.describe())
+        return plan
+    results: list[dict] = []
+    errors: list[str] = []
+    from rich.progress import Progress
+
+    with Progress(disable=not progress or not sys.stderr.isatty(), transient=True) as bar:
+        task = bar.add_task(f"replay {', '.join(names)}", total=len(plan.segments))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(run_segment, seg): seg for seg in plan.segments}
+            for fut in as_completed(futures):
+                try:
+                    results.append(fut.result())
+                except FlorError as exc:
+                    errors.append(str(exc))
+                bar.advance(task)
+    summary = finish_replay(plan, results)
+    for e in errors:
+        print(f"flor: replay segment failed: {e}", file=sys.stderr)
+    return summary

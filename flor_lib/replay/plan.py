@@ -1,0 +1,183 @@
+"""Planning a replay: which runs, which code, and the least re-execution each run needs."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flor_lib import versions
+from flor_lib.errors import FlorError
+from flor_lib.replay.segment import Segment
+from flor_lib.replay.transplant import TransplantError, find_log_statements, transplant
+from flor_lib.store import Store
+
+
+@dataclass
+class ReplayPlan:
+    """Every segment to run, and every run that cannot be replayed with the reason."""
+
+    replay_id: str
+    names: list[str]
+    segments: list[Segment] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    levels: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The plan as text, with a cost estimate from recorded timings (for --dry-run)."""
+        named = ", ".join(f"{n} ({self.levels.get(n, '?')})" for n in self.names)
+        lines = [f"replay {self.replay_id}: {named}"]
+        runs = sorted({s.runid for s in self.segments})
+        total = sum(s.estimate_s for s in self.segments)
+        lines.append(f"{len(runs)} run(s), {len(self.segments)} segment(s), ~{total:.1f}s of work in all")
+        lines += ["  " + s.describe() for s in self.segments]
+        lines += [f"  skip {d['runid']}: {d['reason']}" for d in self.skipped]
+        return "\n".join(lines)
+
+
+def _level_kind(stmt) -> str:
+    if stmt.level == "outside":
+        return "after" if stmt.loops_before > 0 else "before"
+    if stmt.level in ("inner", "outer_before", "outer"):
+        return "inner"
+    return "outer_after"
+
+
+def iteration_ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    """Split range(n) into at most parts contiguous, nearly equal ranges."""
+    parts = max(1, min(parts, n))
+    size = math.ceil(n / parts)
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def _segments_for_run(meta: dict, kinds: set[str], nested: bool, parts: int) -> list[tuple[int, int, int, list[int], bool]]:
+    """(start, stop, record_from, restore, final) per segment for one run."""
+    n = int(meta.get("outer_iters") or 0)
+    have = sorted(c["iter"] for c in meta.get("checkpoints", []))
+    if "inner" in kinds or ("outer_after" in kinds and not nested):
+        out = []
+        for a, b in iteration_ranges(n, parts) or [(0, 0)]:
+            warm = max((c for c in have if c <= a - 1), default=None) if a > 0 else None
+            if warm is None:
+                out.append((0, b, a, [], b >= n))
+            else:  # nested: iteration warm restores its nested loop; otherwise the loop starts after warm
+                out.append((warm if nested else warm + 1, b, a, [warm], b >= n))
+        return out
+    if "outer_after" in kinds:
+        out = []
+        for a, b in iteration_ranges(n, parts):
+            warm = a if a in have else max((c for c in have if c < a), default=None)
+            start = warm if warm is not None else 0
+            restore = [i for i in have if start <= i < b]
+            out.append((start, b, a, restore, b >= n))
+        return out
+    if "after" in kinds:
+        if not have or have[-1] != n - 1:  # no final checkpoint: fall back to re-executing the loops
+            return _segments_for_run(meta, {"inner"}, nested, 1)
+        return [((n - 1) if nested else n, n, n, [n - 1], True)]
+    return [(0, 0, 0, [], False)]  # statements before the loops: setup only
+
+
+def plan_replay(names: list[str], where: str | None = None, force: bool = False, workers: int = 2,
+                store: Store | None = None, script: str | None = None) -> ReplayPlan:
+    """Select runs by where, carry the statements logging names into each run's code, and split the work."""
+    from flor_lib.query import Connection
+
+    store = store or Store()
+    if not names:
+        raise FlorError("name at least one value to replay, e.g. `flor replay accuracy`")
+    conn = Connection(store)
+    selected = conn.select_runs(where)
+    plan = ReplayPlan(replay_id=uuid.uuid4().hex[:12], names=list(names))
+    done = _backfilled(conn)
+    metas = [store.run_meta(p, r) for p, r in zip(selected["projid"], selected["runid"], strict=True)]
+    metas = [m for m in metas if m]
+    new_sources: dict[tuple[str, str], tuple[str, list]] = {}
+    todo = []
+    for meta in metas:
+        if not meta.get("vid") or not meta.get("repo"):
+            plan.skipped.append({"runid": meta["runid"], "vid": None, "reason": "recorded without a code version"})
+            continue
+        key = (meta["repo"], meta["filename"])
+        if key not in new_sources:
+            path = Path(script) if script else Path(meta["repo"]) / meta["filename"]
+            try:
+                source = path.read_text()
+            except OSError as exc:
+                raise FlorError(f"cannot read {path} ({exc.strerror}): replay runs from the repository") from exc
+            new_sources[key] = (source, find_log_statements(source, names, path.name))
+        source, stmts = new_sources[key]
+        wanted = [s for s in stmts if force or (meta["runid"], s.name) not in done]
+        if not wanted:
+            plan.skipped.append({"runid": meta["runid"], "vid": meta["vid"],
+                                 "reason": "already backfilled (use --force to replay again)"})
+            continue
+        todo.append((meta, wanted))
+    for _, stmts in todo:
+        for s in stmts:
+            plan.levels[s.name] = s.level
+    parts = max(1, math.ceil(workers / max(1, len(todo))))
+    patched: dict[tuple[str, tuple[str, ...]], str | TransplantError] = {}
+    for meta, stmts in todo:
+        pkey = (meta["vid"], tuple(s.name for s in stmts))
+        if pkey not in patched:
+            try:
+                old = versions.show_file(Path(meta["repo"]), meta["vid"], meta["filename"])
+                patched[pkey] = transplant(old, stmts, meta["filename"]).source
+            except TransplantError as exc:
+                patched[pkey] = exc
+            except Exception as exc:  # the snapshot or repo is gone
+                patched[pkey] = TransplantError(f"cannot read version {meta['vid'][:8]}: {exc}")
+        code = patched[pkey]
+        if isinstance(code, TransplantError):
+            plan.skipped.append({"runid": meta["runid"], "vid": meta["vid"], "reason": str(code)})
+            continue
+        nested = _has_nested_loop(code)
+        kinds = {_level_kind(s) for s in stmts}
+        per_iter = _seconds_per_iteration(meta)
+        for i, (start, stop, record_from, restore, final) in enumerate(
+                _segments_for_run(meta, kinds, nested, parts)):
+            executed = (stop - start) - len([r for r in restore if start <= r < stop and nested])
+            plan.segments.append(Segment(
+                replay_id=plan.replay_id, key=f"{meta['runid']}-{i}", projid=meta["projid"], runid=meta["runid"],
+                vid=meta["vid"], names=[s.name for s in stmts], start=start, stop=stop, record_from=record_from,
+                restore=restore, final=final, first=(i == 0), nested=nested, patched_source=code, meta=meta,
+                store_root=store.root, estimate_s=round(1.0 + executed * per_iter, 2)))
+    return plan
+
+
+def _backfilled(conn) -> set[tuple[str, str]]:
+    rows = conn.con.execute("SELECT DISTINCT runid, name FROM logs WHERE source = 'replay'").fetchall()
+    return {(r, n) for r, n in rows}
+
+
+def _has_nested_loop(source: str) -> bool:
+    import ast
+
+    return _nested_by_ast(ast.parse(source))
+
+
+def _nested_by_ast(tree) -> bool:
+    import ast
+
+    def is_loop(node) -> bool:
+        return isinstance(node, ast.For) and isinstance(node.iter, ast.Call) and (
+            getattr(node.iter.func, "attr", None) == "loop" or getattr(node.iter.func, "id", None) == "loop")
+
+    for node in ast.walk(tree):
+        if is_loop(node) and any(is_loop(sub) for sub in ast.walk(node) if sub is not node):
+            return True
+    return False
+
+
+def _seconds_per_iteration(meta: dict) -> float:
+    n = meta.get("outer_iters") or 0
+    attempts = meta.get("attempts") or [{}]
+    try:
+        from datetime import datetime
+
+        total = (datetime.fromisoformat(meta["end"]) - datetime.fromisoformat(attempts[0]["start"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return 1.0
+    return total / n if n else total
