@@ -14,12 +14,12 @@ _MAX_TENSOR = 1 << 16
 
 @functools.lru_cache(maxsize=32)
 def nested_loop_names(path: str) -> frozenset[str]:
-    """Names assigned inside any flor.loop nested in another flor.loop of a script."""
+    """Names assigned in the loops whose end is checkpointed: nested flor.loops, else outer ones."""
     try:
         tree = ast.parse(open(path).read())
     except (OSError, SyntaxError, UnicodeDecodeError):
         return frozenset()
-    names: set[str] = set()
+    by_depth: dict[int, set[str]] = {1: set(), 2: set()}
 
     def is_flor_loop(node: ast.AST) -> bool:
         return (isinstance(node, ast.For) and isinstance(node.iter, ast.Call)
@@ -29,14 +29,14 @@ def nested_loop_names(path: str) -> frozenset[str]:
     def visit(node: ast.AST, depth: int) -> None:
         for child in ast.iter_child_nodes(node):
             d = depth + 1 if is_flor_loop(child) else depth
-            if d >= 2 and is_flor_loop(child):
+            if d in by_depth and is_flor_loop(child):
                 for sub in ast.walk(child):
                     if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
-                        names.add(sub.id)
+                        by_depth[d].add(sub.id)
             visit(child, d)
 
     visit(tree, 0)
-    return frozenset(names)
+    return frozenset(by_depth[2] or by_depth[1])
 
 
 def _capturable(value: object) -> bool:

@@ -57,6 +57,7 @@ class Run:
             self.attempt = 0
             self.buffer = RecordBuffer(replay.stream_path, self._keys(), attempt=0, source="replay",
                                        replay_id=replay.replay_id, interval=config.flush_seconds())
+            self._install_exit_hooks()
             return
         self.store.check_writable()
         self.project = versions.locate(self.script)
@@ -109,6 +110,7 @@ class Run:
         return {
             "projid": self.projid, "runid": self.runid, "tstamp": self.tstamp.isoformat(), "vid": None,
             "filename": self.project.relpath, "repo": str(self.project.root) if self.project.root else None,
+            "cwd": _relative_cwd(self.project.root),
             "branch": self.project.branch, "argv": sys.argv[1:], "args": {}, "host": socket.gethostname(),
             "python": platform.python_version(), "torch": getattr(torch, "__version__", None),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -262,7 +264,7 @@ class Run:
     # checkpoints --------------------------------------------------------------------------------
     def maybe_checkpoint(self, index: int, frame) -> None:
         """Checkpoint outer iteration index if the policy allows (always the last one)."""
-        if not self.objects:
+        if not self.objects or self.replay is not None:
             return
         last = self._outer_len is not None and index == self._outer_len - 1
         if not self.policy.should_save(index + 1, last):
@@ -323,6 +325,8 @@ class Run:
         self._closed = True
         if self.replay is not None:
             self.buffer.close()
+            if self.status == "running":
+                self.status = "completed"
             self.replay.finish(self)
             return
         self.writer.close()
@@ -344,6 +348,13 @@ class Run:
                 compact.merge_project(self.store, self.projid)
             except Exception as exc:
                 warn(f"records stay in the spool until `flor sync` ({exc})")
+
+
+def _relative_cwd(root: Path | None) -> str | None:
+    try:
+        return str(Path.cwd().resolve().relative_to(root)) if root else None
+    except ValueError:
+        return None
 
 
 def truncation(meta: dict) -> dict[int, int]:

@@ -36,9 +36,9 @@ class ReplayPlan:
         return "\n".join(lines)
 
 
-def _level_kind(stmt) -> str:
+def _level_kind(stmt, first_loop_line: int | None) -> str:
     if stmt.level == "outside":
-        return "after" if stmt.loops_before > 0 else "before"
+        return "after" if first_loop_line is not None and stmt.lineno > first_loop_line else "before"
     if stmt.level in ("inner", "outer_before", "outer"):
         return "inner"
     return "outer_after"
@@ -106,20 +106,20 @@ def plan_replay(names: list[str], where: str | None = None, force: bool = False,
                 source = path.read_text()
             except OSError as exc:
                 raise FlorError(f"cannot read {path} ({exc.strerror}): replay runs from the repository") from exc
-            new_sources[key] = (source, find_log_statements(source, names, path.name))
-        source, stmts = new_sources[key]
+            new_sources[key] = (source, find_log_statements(source, names, path.name), _first_loop_line(source))
+        source, stmts, first_loop_line = new_sources[key]
         wanted = [s for s in stmts if force or (meta["runid"], s.name) not in done]
         if not wanted:
             plan.skipped.append({"runid": meta["runid"], "vid": meta["vid"],
                                  "reason": "already backfilled (use --force to replay again)"})
             continue
-        todo.append((meta, wanted))
-    for _, stmts in todo:
+        todo.append((meta, wanted, first_loop_line))
+    for _, stmts, _ in todo:
         for s in stmts:
             plan.levels[s.name] = s.level
     parts = max(1, math.ceil(workers / max(1, len(todo))))
     patched: dict[tuple[str, tuple[str, ...]], str | TransplantError] = {}
-    for meta, stmts in todo:
+    for meta, stmts, first_loop_line in todo:
         pkey = (meta["vid"], tuple(s.name for s in stmts))
         if pkey not in patched:
             try:
@@ -134,7 +134,7 @@ def plan_replay(names: list[str], where: str | None = None, force: bool = False,
             plan.skipped.append({"runid": meta["runid"], "vid": meta["vid"], "reason": str(code)})
             continue
         nested = _has_nested_loop(code)
-        kinds = {_level_kind(s) for s in stmts}
+        kinds = {_level_kind(s, first_loop_line) for s in stmts}
         per_iter = _seconds_per_iteration(meta)
         for i, (start, stop, record_from, restore, final) in enumerate(
                 _segments_for_run(meta, kinds, nested, parts)):
@@ -158,13 +158,24 @@ def _has_nested_loop(source: str) -> bool:
     return _nested_by_ast(ast.parse(source))
 
 
+def _is_flor_loop(node) -> bool:
+    import ast
+
+    return isinstance(node, ast.For) and isinstance(node.iter, ast.Call) and (
+        getattr(node.iter.func, "attr", None) == "loop" or getattr(node.iter.func, "id", None) == "loop")
+
+
+def _first_loop_line(source: str) -> int | None:
+    import ast
+
+    lines = [n.lineno for n in ast.walk(ast.parse(source)) if _is_flor_loop(n)]
+    return min(lines) if lines else None
+
+
 def _nested_by_ast(tree) -> bool:
     import ast
 
-    def is_loop(node) -> bool:
-        return isinstance(node, ast.For) and isinstance(node.iter, ast.Call) and (
-            getattr(node.iter.func, "attr", None) == "loop" or getattr(node.iter.func, "id", None) == "loop")
-
+    is_loop = _is_flor_loop
     for node in ast.walk(tree):
         if is_loop(node) and any(is_loop(sub) for sub in ast.walk(node) if sub is not node):
             return True

@@ -7,6 +7,7 @@ import io
 import tokenize
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
 from flor_lib.errors import FlorError
 
 FLOR_MODULES = frozenset({"flor_lib", "flor"})
