@@ -122,7 +122,7 @@ def finish_replay(plan: ReplayPlan, results: list[dict], store: Store | None = N
         rows.append({"runid": d["runid"], "vid": (d.get("vid") or "")[:8], "status": "skipped", "reason": d["reason"]})
     summary = pd.DataFrame(rows)
     store.write_json(store.path("replays", f"{plan.replay_id}.json"),
-                     {"replay_id": plan.replay_id, "names": plan.names, "levels": plan.levels,
+                     {"replay_id": plan.replay_id, "names": plan.names, "levels": plan.levels, "notes": plan.notes,
                       "runs": summary.to_dict(orient="records"),
                       "mismatches": [m for r in results if r for m in r.get("mismatches", [])][:50]})
     shutil.rmtree(_pending_dir(store, plan.replay_id), ignore_errors=True)
@@ -158,6 +158,8 @@ def replay(names: list[str] | str, where: str | None = None, workers: int | None
                     errors.append(str(exc))
                 bar.advance(task)
     summary = finish_replay(plan, results)
+    for note in plan.notes:
+        print(f"flor: {note}", file=sys.stderr)
     for e in errors:
         print(f"flor: replay segment failed: {e}", file=sys.stderr)
     return summary

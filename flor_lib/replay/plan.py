@@ -23,6 +23,7 @@ class ReplayPlan:
     segments: list[Segment] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     levels: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """The plan as text, with a cost estimate from recorded timings (for --dry-run)."""
@@ -33,6 +34,7 @@ class ReplayPlan:
         lines.append(f"{len(runs)} run(s), {len(self.segments)} segment(s), ~{total:.1f}s of work in all")
         lines += ["  " + s.describe() for s in self.segments]
         lines += [f"  skip {d['runid']}: {d['reason']}" for d in self.skipped]
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -133,6 +135,7 @@ def plan_replay(names: list[str], where: str | None = None, force: bool = False,
         if isinstance(code, TransplantError):
             plan.skipped.append({"runid": meta["runid"], "vid": meta["vid"], "reason": str(code)})
             continue
+        meta = _with_existing_checkpoints(store, meta, plan)
         nested = _has_nested_loop(code)
         kinds = {_level_kind(s, first_loop_line) for s in stmts}
         per_iter = _seconds_per_iteration(meta)
@@ -145,6 +148,23 @@ def plan_replay(names: list[str], where: str | None = None, force: bool = False,
                 restore=restore, final=final, first=(i == 0), nested=nested, patched_source=code, meta=meta,
                 store_root=store.root, estimate_s=round(1.0 + executed * per_iter, 2)))
     return plan
+
+
+def _with_existing_checkpoints(store: Store, meta: dict, plan: ReplayPlan) -> dict:
+    """Drop checkpoints listed in metadata whose files are gone, and say so in the plan."""
+    listed = meta.get("checkpoints", [])
+    if not listed:
+        return meta
+    try:
+        present = {p.rsplit("/", 1)[-1] for p in store.fs.ls(store.checkpoint_dir(meta["projid"], meta["runid"]),
+                                                             detail=False)}
+    except FileNotFoundError:
+        present = set()
+    missing = [c["iter"] for c in listed if c["path"] not in present]
+    if missing:
+        plan.notes.append(f"{meta['runid']}: checkpoint(s) at iteration {', '.join(map(str, missing))} missing; "
+                          "re-executing from the nearest earlier one")
+    return {**meta, "checkpoints": [c for c in listed if c["path"] in present]}
 
 
 def _backfilled(conn) -> set[tuple[str, str]]:
