@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 
 from flor_lib.errors import FlorError
 
-_SECRET = re.compile(r"token|password|passwd|secret|key", re.I)
+# a name part (split at _ - . or a case change) that marks a secret: api_key, hfToken, DB_PASSWORD, aws_secret_x
+_SECRET_PARTS = {"key", "apikey", "token", "authtoken", "accesstoken", "password", "passwd", "pwd", "secret",
+                 "secrets", "credential", "credentials", "auth", "passphrase", "privatekey", "secretkey"}
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
 
@@ -68,7 +71,7 @@ def cast(name: str, text: str, default: object) -> object:
         if kind is float:
             return float(text)
         if kind in (list, tuple):
-            items = [w for w in re.split(r"[,\s]+", text.strip("[]() ")) if w]
+            items = _list_items(text)
             if default:
                 items = [cast(name, w, default[0]) for w in items]
             return kind(items)
@@ -79,6 +82,19 @@ def cast(name: str, text: str, default: object) -> object:
     raise FlorError(f"--{name} {text!r}: expected {_type_name(default)} (the type of the default {default!r})")
 
 
+def _list_items(text: str) -> list[str]:
+    """The words of a list on the command line: `1,2,3`, `1 2 3`, `[1, 2]` or `['a', 'b']`."""
+    stripped = text.strip()
+    if stripped[:1] in "[(" and stripped:
+        try:
+            parsed = ast.literal_eval(stripped)
+        except (ValueError, SyntaxError):
+            parsed = None
+        if isinstance(parsed, list | tuple):
+            return [str(v) for v in parsed]
+    return [w.strip("'\"") for w in re.split(r"[,\s]+", stripped.strip("[]()")) if w.strip("'\"")]
+
+
 def _type_name(default: object) -> str:
     if isinstance(default, list | tuple):
         inner = _type_name(default[0]) if default else "str"
@@ -87,8 +103,12 @@ def _type_name(default: object) -> str:
 
 
 def is_secret(name: str) -> bool:
-    """Whether an arg's name suggests it holds a secret that must not be stored."""
-    return bool(_SECRET.search(name))
+    """Whether an arg's name suggests it holds a secret that must not be stored (api_key, hf_token, ...)."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+    parts = [w for w in re.split(r"[_\-.:/]+", words) if w]
+    joined = "".join(parts)
+    return any(p in _SECRET_PARTS for p in parts) or any(
+        joined.endswith(s) for s in ("apikey", "authtoken", "accesstoken", "secretkey", "privatekey", "password"))
 
 
 def script_args() -> list[str]:

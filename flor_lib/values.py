@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import re
 
+from flor_lib.errors import FlorError
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")
 _checked_names: set[str] = set()
 
 
+class BadName(FlorError, ValueError):
+    """A log, loop, arg or run name that cannot be a column name (a ValueError, reported in one line)."""
+
+
 def check_name(name: str) -> str:
-    """Return name if it can be a column name, else raise ValueError saying what is allowed."""
-    if name in _checked_names:
+    """Return name if it can be a column name, else raise BadName (a ValueError) saying what is allowed."""
+    if name.__class__ is str and name in _checked_names:
         return name
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(
-            f"flor: log name {name!r} is not allowed: use letters, digits, '_', '.', ':', '/' or '-', "
+        raise BadName(
+            f"the name {name!r} is not allowed: use 1-128 letters, digits, '_', '.', ':', '/' or '-', "
             "starting with a letter or '_'"
         )
     _checked_names.add(name)

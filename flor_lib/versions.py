@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[st
     """Commit the working tree (tracked + untracked, not ignored) to the shadow branch; return (vid, skipped).
 
     Uses a private index file, so the user's HEAD, branch, index and files stay as they were.
-    Identical trees reuse an earlier snapshot's commit.
+    Files over max_bytes are left out (and never hashed into the object store). Identical trees
+    reuse an earlier snapshot's commit.
     """
     import git
 
@@ -71,6 +73,7 @@ def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[st
     ref = f"refs/heads/{config.shadow_branch()}"
     fd, index = tempfile.mkstemp(prefix="flor-index-", dir=gitdir)
     os.close(fd)
+    specs = index + ".pathspecs"
     try:
         if (gitdir / "index").exists():
             shutil.copyfile(gitdir / "index", index)  # reuse stat data: unchanged files are not rehashed
@@ -78,31 +81,41 @@ def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[st
             os.unlink(index)
         env = {"GIT_INDEX_FILE": index}
         g = repo.git
-        g.add("-A", "--", ".", env=env)
-        skipped = _drop_large(g, root, env, max_bytes)
+        skipped, tracked = _large_files(g, Path(repo.working_tree_dir), env, max_bytes)
+        # pathspecs from a file: "." plus an exclusion per large file (no argv length limit)
+        _write_specs(specs, [".", *(f":(exclude,literal){p}" for p in skipped)])
+        g.add("-A", f"--pathspec-from-file={specs}", "--pathspec-file-nul", env=env)
+        if tracked:  # tracked large files are still in the copied index: drop them from the tree
+            _write_specs(specs, [f":(literal){p}" for p in tracked])
+            g.rm("--cached", "-q", "--ignore-unmatch", f"--pathspec-from-file={specs}", "--pathspec-file-nul",
+                 env=env)
         tree = g.write_tree(env=env)
         return _commit(repo, ref, tree, message), skipped
     finally:
-        for p in (index, index + ".lock"):
+        for p in (index, index + ".lock", specs):
             if os.path.exists(p):
                 os.unlink(p)
 
 
-def _drop_large(g, root: Path, env: dict, max_bytes: int) -> list[str]:
-    skipped = []
-    for line in g.ls_files("-s", "-z", env=env).split("\0"):
-        if not line:
-            continue
-        path = line.split("\t", 1)[1]
+def _write_specs(path: str, specs: list[str]) -> None:
+    with open(path, "wb") as f:
+        f.write(b"".join(s.encode("utf-8", "surrogateescape") + b"\0" for s in specs))
+
+
+def _large_files(g, root: Path, env: dict, max_bytes: int) -> tuple[list[str], list[str]]:
+    """Files (tracked, or untracked and not ignored) larger than max_bytes, and which of them are tracked."""
+    tracked = [p for p in g.ls_files("-z", "--cached", env=env).split("\0") if p]
+    others = [p for p in g.ls_files("-z", "--others", "--exclude-standard", env=env).split("\0") if p]
+    large = []
+    for path in dict.fromkeys(tracked + others):
         try:
-            size = (root / path).stat().st_size
+            st = os.lstat(root / path)
         except OSError:
             continue
-        if size > max_bytes:
-            skipped.append(path)
-    if skipped:
-        g.rm("--cached", "-q", "--", *skipped, env=env)
-    return skipped
+        if stat.S_ISREG(st.st_mode) and st.st_size > max_bytes:
+            large.append(path)
+    big = set(large)
+    return large, [p for p in dict.fromkeys(tracked) if p in big]
 
 
 def _commit(repo, ref: str, tree: str, message: str) -> str:
@@ -126,7 +139,7 @@ def _commit(repo, ref: str, tree: str, message: str) -> str:
                 parents += ["-p", head]
         except git.GitCommandError:
             pass
-        commit = g.commit_tree(tree, *parents, "-m", message)
+        commit = g.commit_tree("--no-gpg-sign", tree, *parents, "-m", message, env=_identity(repo))
         try:
             # compare-and-swap: fails if another run moved the branch since we read it
             g.update_ref(ref, commit, tip or "0" * 40)
@@ -134,6 +147,23 @@ def _commit(repo, ref: str, tree: str, message: str) -> str:
         except git.GitCommandError:
             time.sleep(0.01 * (attempt + 1))
     raise FlorError(f"could not update {ref} after 50 tries: another process keeps moving it")
+
+
+_FALLBACK_IDENTITY = {"name": "flor", "email": "flor@localhost"}
+
+
+def _identity(repo) -> dict[str, str]:
+    """Environment for commit-tree: the user's identity, or flor's where git has none configured."""
+    import git
+
+    env = {}
+    for role in ("AUTHOR", "COMMITTER"):
+        try:
+            repo.git.var(f"GIT_{role}_IDENT")
+        except git.GitCommandError:
+            for part, value in _FALLBACK_IDENTITY.items():
+                env.setdefault(f"GIT_{role}_{part.upper()}", os.environ.get(f"GIT_{role}_{part.upper()}") or value)
+    return env
 
 
 def show_file(root: Path, vid: str, relpath: str) -> str:
