@@ -39,6 +39,21 @@ def nested_loop_names(path: str) -> frozenset[str]:
     return frozenset(by_depth[2] or by_depth[1])
 
 
+def _is_flor_loop(node: ast.AST) -> bool:
+    return (isinstance(node, ast.For) and isinstance(node.iter, ast.Call)
+            and (getattr(node.iter.func, "attr", None) == "loop" or getattr(node.iter.func, "id", None) == "loop"))
+
+
+@functools.lru_cache(maxsize=32)
+def has_nested_loop(path: str) -> bool:
+    """Whether a script nests one flor.loop in another (checkpoints then sit at the nested loop's end)."""
+    try:
+        tree = ast.parse(open(path).read())
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return False
+    return any(_is_flor_loop(n) and any(_is_flor_loop(m) for m in ast.walk(n) if m is not n) for n in ast.walk(tree))
+
+
 def _capturable(value: object) -> bool:
     if isinstance(value, _SCALARS):
         return True

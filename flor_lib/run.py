@@ -46,6 +46,7 @@ class Run:
         self._nested_done = False
         self._outer_iters = 0
         self.status = "running"
+        self._restore_at: int | None = None
         self._quiet = False  # a resumed attempt does not re-log what happened before its checkpoint
         self._closed = False
         self._lock = threading.Lock()
@@ -80,7 +81,7 @@ class Run:
         first_seq = self._resume_point()["seq"] if resume else 0
         self.buffer = RecordBuffer(self.store.spool / self.projid / self.runid / f"a{self.attempt}.arrows",
                                    self._keys(), attempt=self.attempt, interval=config.flush_seconds(),
-                                   first_seq=first_seq)
+                                   first_seq=first_seq, mirror=self.store.live_uploader())
         self._quiet = bool(resume)
         self.buffer.on_error = lambda exc: warn(f"records not written ({exc}); they stay in memory")
         self.policy = ckpt.Policy(config.epsilon())
@@ -230,12 +231,19 @@ class Run:
         frame = sys._getframe(1)
         self.policy.started = time.perf_counter()
         it = iter(iterable)
-        if start is not None:  # resume: skip to the checkpoint, then continue after it
-            for _ in range(start + 1):
+        index = -1
+        if start is not None:
+            # resume: a nested script re-enters iteration `start` with its nested loop restored, so the rest
+            # of that body runs again; a flat script restores the end of `start` and continues after it
+            nested = framevars.has_nested_loop(str(self.script))
+            skip = start if nested else start + 1
+            for _ in range(skip):
                 next(it)
-            state = ckpt.load(self._read_checkpoint(self.checkpoints[-1]))
-            framevars.restore(frame, ckpt.apply(state, self.objects))
-        index = -1 if start is None else start
+            index = skip - 1
+            if nested:
+                self._restore_at = start
+            else:
+                self._restore(start, frame)
         self._quiet = False
         for item in it:
             index += 1
@@ -251,6 +259,11 @@ class Run:
 
     def _nested_loop(self, name: str, iterable, depth: int):
         frame = sys._getframe(1)
+        if depth == 1 and self._restore_at is not None and self._stack[0][1] == self._restore_at:
+            self._restore_at = None
+            self._restore(self._stack[0][1], frame)
+            self._nested_done = True
+            return
         for index, item in enumerate(iterable):
             self.push(name, index)
             try:
@@ -260,6 +273,10 @@ class Run:
         if depth == 1:
             self._nested_done = True
             self.maybe_checkpoint(self._stack[0][1], frame)
+
+    def _restore(self, index: int, frame) -> None:
+        entry = next(c for c in self.checkpoints if c["iter"] == index)
+        framevars.restore(frame, ckpt.apply(ckpt.load(self._read_checkpoint(entry)), self.objects))
 
     # checkpoints --------------------------------------------------------------------------------
     def maybe_checkpoint(self, index: int, frame) -> None:
@@ -330,7 +347,8 @@ class Run:
             self.replay.finish(self)
             return
         self.writer.close()
-        self.buffer.close()
+        deferred = os.environ.get("FLOR_DEFER_AGGREGATE") == "1"
+        self.buffer.close(mirror=deferred)  # a deferred stream's copy lets another host aggregate it
         self._vid_ready.wait(60)
         if self.status == "running":
             self.status = "completed"
@@ -340,7 +358,7 @@ class Run:
         self.meta["records"] = self.buffer.next_seq
         self.meta["attempts"][-1]["end"] = self.meta["end"]
         self._save_meta()
-        if os.environ.get("FLOR_DEFER_AGGREGATE") != "1":
+        if not deferred and not self.store.offline:  # offline: the store said so; `flor sync` finalizes
             from flor_lib import compact
 
             try:
