@@ -12,6 +12,9 @@ repo
     Path of a fresh git repository (user.name/email set locally) whose first commit on branch
     ``main`` holds ``train.py`` (a copy of examples/tutorial/train.py) and a ``.gitignore``
     (``*.pt``, ``__pycache__/``, ``ignored/``).
+make_repo
+    ``make_repo(path, commit=True, branch="main") -> Path``: another repository like ``repo``; with
+    commit=False the files are written but the branch stays unborn.
 write_script
     ``write_script(repo, name, source, commit=False) -> Path``: writes a (dedented) script into a
     repo, optionally committing it.
@@ -138,6 +141,12 @@ def init_repo(path: Path, *, commit: bool = True, branch: str = "main") -> Path:
 def repo(tmp_path) -> Path:
     """A fresh git repository with train.py (the tutorial) and .gitignore committed on branch main."""
     return init_repo(tmp_path / "proj")
+
+
+@pytest.fixture
+def make_repo():
+    """make_repo(path, commit=True, branch="main") -> Path: another repo like `repo` (unborn if not commit)."""
+    return init_repo
 
 
 @pytest.fixture
