@@ -68,7 +68,7 @@ def test_restoring_a_checkpoint_reproduces_later_losses_bit_for_bit(tmp_path, mo
     # four segments: the last three start from checkpoints and re-execute steps whose loss was recorded
     summary = replay(["lr_now"], workers=4, progress=False)
     assert summary["segments"][0] == 4
-    assert summary["checked"][0] >= 16 and summary["mismatches"][0] == 0
+    assert summary["checked"][0] == 4 and summary["mismatches"][0] == 0  # every recorded loss re-computed
 
 
 SLOW_SAVE = """
@@ -146,7 +146,10 @@ def test_sigkill_during_checkpoint_writes_leaves_no_partial_checkpoint(tmp_path)
     for trial in range(4):
         proc = subprocess.Popen([sys.executable, "big.py", "--flor", f"big{trial}"], cwd=repo, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(3 + rng.random() * 2)
+        deadline = time.time() + 120
+        while not list((store / "checkpoints").rglob(f"big{trial}/*.pt")) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.random())  # then at a seeded random moment, most likely mid-write of a 32 MB state
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     files = list((store / "checkpoints").rglob("*.pt"))
