@@ -113,7 +113,7 @@ class Stopper:
 
 
 def run_worker(gpu: int | None = None, pool: str | None = None, name: str | None = None, limit: int = 1,
-               grace: float = 10.0, create_pool: bool = True) -> int:
+               grace: float = 5.0, create_pool: bool = True) -> int:
     """Start a pinned Prefect process worker in the foreground; return its exit code."""
     pool = pool or (DEFAULT_GPU_POOL if gpu is not None else DEFAULT_CPU_POOL)
     env = worker_env(gpu)
