@@ -18,20 +18,15 @@ def run_records(store: Store, projid: str, runid: str) -> Any:
     streams = [s for s in compact.stream_files(store, projid, runid) if s.stem.startswith("a")]
     if streams:
         return pa.concat_tables([read_stream(s) for s in streams])
-    import pyarrow.dataset as ds
+    from flor_lib.query import dataset
 
-    from flor_lib.schema import RECORD_SCHEMA
-
-    for _ in range(5):  # a concurrent merge may delete a file between listing and reading it
-        files = compact.parquet_files(store, projid)
-        if not files:
-            return RECORD_SCHEMA.empty_table()
+    for attempt in range(5):  # a concurrent merge may delete a file between listing and reading it
         try:
-            data = ds.dataset(files, schema=RECORD_SCHEMA, format="parquet", filesystem=store.fs)
-            return data.to_table(filter=pc.field("runid") == runid)
+            return dataset(store).to_table(filter=(pc.field("projid") == projid) & (pc.field("runid") == runid))
         except FileNotFoundError:
-            continue
-    return RECORD_SCHEMA.empty_table()
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 def final_metrics(table: Any, truncate: dict[int, int] | None = None) -> dict[str, Any]:
