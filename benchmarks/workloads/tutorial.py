@@ -1,0 +1,113 @@
+"""The tutorial example recorded by flor, run plain (stub flor_lib) and recorded by FlorDB 4.0.1.
+
+Figures: record overhead (CPU and wall, interleaved triples), and the tutorial's checkpoints
+(count, bytes, share of the run, time the training thread was blocked) from the runs' metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flordb_adapter as fdb
+from common import (
+    PYTHON,
+    ROOT,
+    STUB,
+    BenchError,
+    Sample,
+    base_env,
+    fmt_pct,
+    fmt_sample,
+    interleave,
+    ratios,
+    run_child,
+    scratch_repo,
+)
+from suite import Ctx, Row
+
+from workloads import runmeta, scripts
+
+SECTION = "Record overhead"
+
+
+def check_stub(ctx: Ctx) -> None:
+    """The plain baseline really imports the pass-through stub, not flor."""
+    probe = run_child([PYTHON, "-c", "import flor_lib; print(flor_lib.__file__)"], cwd=ctx.work,
+                      env=base_env(PYTHONPATH=str(STUB)))
+    if not probe.out.strip().startswith(str(STUB)):
+        raise BenchError(f"the stub flor_lib is shadowed: {probe.out.strip()}")
+
+
+def repos(ctx: Ctx, src: str) -> dict[str, Path]:
+    """Scratch repos holding the script as train.py (FlorDB's adapted to its spellings)."""
+    out = {"flor": scratch_repo(ctx.work / "tutorial-flor", {"train.py": src}),
+           "plain": scratch_repo(ctx.work / "tutorial-plain", {"train.py": src})}
+    if ctx.flordb:
+        out["flordb"] = scratch_repo(ctx.work / "tutorial-flordb", {"train.py": fdb.adapt_script(src)},
+                                     ignore=[".flor/obj_store/"])
+    return out
+
+
+def run(ctx: Ctx) -> list[Row]:
+    check_stub(ctx)
+    script = scripts.for_overhead(ctx)
+    args = script.args
+    where = repos(ctx, script.source)
+    store = ctx.work / "store-tutorial"
+    flor_env = base_env(FLOR_STORE=str(store), PYTHONPATH=str(ROOT))
+    plain_env = base_env(PYTHONPATH=str(STUB))
+
+    def plain(rep: int) -> dict:
+        c = run_child([PYTHON, "train.py", *fdb.flor_cli_args(args)], cwd=where["plain"], env=plain_env)
+        return {"cpu": c.cpu, "wall": c.wall}
+
+    def flor(rep: int) -> dict:
+        c = run_child([PYTHON, "train.py", "--flor", f"ovh-{rep}", *fdb.flor_cli_args(args)], cwd=where["flor"],
+                      env=flor_env)
+        return {"cpu": c.cpu, "wall": c.wall}
+
+    def flordb(rep: int) -> dict:
+        c = run_child([str(ctx.flordb_python), "train.py", *fdb.cli_args(args)], cwd=where["flordb"],
+                      env=fdb.env(base_env()))
+        return {"cpu": c.cpu, "wall": c.wall}
+
+    variants = {"plain": plain, "flor": flor}
+    if ctx.flordb:
+        variants["flordb"] = flordb
+    ctx.say(f"record overhead: {script.describe()}, {ctx.reps} x {'/'.join(variants)} interleaved")
+    res = interleave(variants, ctx.reps)
+    label = script.describe()
+    rows = []
+    for key, what in (("cpu", "CPU s per run (user+sys)"), ("wall", "wall s per run")):
+        p, f = res["plain"][key], res["flor"][key]
+        d = res.get("flordb", {}).get(key)
+        rows.append(Row(SECTION, f"{label}: {what}", flor=fmt_sample(f), base=fmt_sample(p),
+                        flordb=fmt_sample(d) if d else ctx.na(), flor_vs=fmt_pct(ratios(f, p)),
+                        flordb_vs=fmt_pct(ratios(d, p)) if d else "-",
+                        target="flor < +2% CPU" if key == "cpu" else ""))
+    ctx.data["overhead"] = {k: {m: s.values for m, s in v.items()} for k, v in res.items()}
+    if script.checkpoints:
+        rows += checkpoint_rows(ctx, runmeta.load(store, "ovh-"), label)
+    return rows
+
+
+def checkpoint_rows(ctx: Ctx, metas: list[dict], label: str, eps: float = 1 / 15) -> list[Row]:
+    """Checkpoint figures of a set of recorded runs, from their metadata."""
+    if not metas:
+        return [Row("Checkpoints", f"{label}: no run metadata found", flor="error", failed=True)]
+    stats = [runmeta.checkpoint_stats(m) for m in metas]
+    col = {k: Sample([s[k] for s in stats]) for k in stats[0]}
+    na = ctx.na("4.x takes no checkpoints") if ctx.flordb else ctx.na()
+    sec = "Checkpoints"
+    return [
+        Row(sec, f"{label}: checkpoints per run / outer iterations",
+            flor=f"{fmt_sample(col['count'])} / {fmt_sample(col['outer'])}", flordb=na),
+        Row(sec, f"{label}: MB per checkpoint", flor=fmt_sample(col["mb"]), flordb=na),
+        Row(sec, f"{label}: save cost (copy+serialize+write), % of run", flor=fmt_sample(col["cost_pct"], "%"),
+            flordb=na, target=f"< eps = {eps * 100:.1f}%"),
+        Row(sec, f"{label}: training thread blocked (copy), s per run",
+            flor=f"{fmt_sample(col['blocked_s'], 's')} = {fmt_sample(col['blocked_pct'], '%')}", flordb=na,
+            target="only the copy"),
+        Row(sec, f"{label}: background save s per checkpoint", flor=fmt_sample(col["save_each_s"], "s"),
+            flordb=na),
+    ]
