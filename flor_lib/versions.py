@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flor_lib import config
-from flor_lib.errors import FlorError
+from flor_lib.errors import FlorError, warn
 
 
 @dataclass
@@ -81,9 +81,12 @@ def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[st
             os.unlink(index)
         env = {"GIT_INDEX_FILE": index}
         g = repo.git
-        skipped, tracked = _large_files(g, Path(repo.working_tree_dir), env, max_bytes)
-        # pathspecs from a file: "." plus an exclusion per large file (no argv length limit)
-        _write_specs(specs, [".", *(f":(exclude,literal){p}" for p in skipped)])
+        skipped, tracked, empty_repos = _large_files(g, Path(repo.working_tree_dir), env, max_bytes)
+        if empty_repos:
+            warn("left out of the code snapshot (nested git repositories without a commit): "
+                 + ", ".join(empty_repos[:5]) + (" ..." if len(empty_repos) > 5 else ""))
+        # pathspecs from a file: "." plus an exclusion per left-out path (no argv length limit)
+        _write_specs(specs, [".", *(f":(exclude,literal){p}" for p in [*skipped, *empty_repos])])
         g.add("-A", f"--pathspec-from-file={specs}", "--pathspec-file-nul", env=env)
         if tracked:  # tracked large files are still in the copied index: drop them from the tree
             _write_specs(specs, [f":(literal){p}" for p in tracked])
@@ -102,12 +105,17 @@ def _write_specs(path: str, specs: list[str]) -> None:
         f.write(b"".join(s.encode("utf-8", "surrogateescape") + b"\0" for s in specs))
 
 
-def _large_files(g, root: Path, env: dict, max_bytes: int) -> tuple[list[str], list[str]]:
-    """Files (tracked, or untracked and not ignored) larger than max_bytes, and which of them are tracked."""
+def _large_files(g, root: Path, env: dict, max_bytes: int) -> tuple[list[str], list[str], list[str]]:
+    """Files (tracked, or untracked and not ignored) larger than max_bytes, which of them are tracked, and
+    untracked nested git repositories without a commit (which `git add` refuses)."""
     tracked = [p for p in g.ls_files("-z", "--cached", env=env).split("\0") if p]
     others = [p for p in g.ls_files("-z", "--others", "--exclude-standard", env=env).split("\0") if p]
-    large = []
+    large, empty_repos = [], []
     for path in dict.fromkeys(tracked + others):
+        if path.endswith("/"):  # an untracked nested repository: git adds its HEAD commit, if it has one
+            if not _has_commit(root / path):
+                empty_repos.append(path.rstrip("/"))
+            continue
         try:
             st = os.lstat(root / path)
         except OSError:
@@ -115,7 +123,16 @@ def _large_files(g, root: Path, env: dict, max_bytes: int) -> tuple[list[str], l
         if stat.S_ISREG(st.st_mode) and st.st_size > max_bytes:
             large.append(path)
     big = set(large)
-    return large, [p for p in dict.fromkeys(tracked) if p in big]
+    return large, [p for p in dict.fromkeys(tracked) if p in big], empty_repos
+
+
+def _has_commit(path: Path) -> bool:
+    import git
+
+    try:
+        return git.Repo(path).head.is_valid()
+    except Exception:
+        return False
 
 
 def _commit(repo, ref: str, tree: str, message: str) -> str:

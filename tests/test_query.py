@@ -208,6 +208,18 @@ def test_sql_cannot_read_files(q, recorded, query):
         assert "root" not in out.to_string()
 
 
+@pytest.mark.parametrize("where", [
+    "1=1; COPY (SELECT 1) TO '{out}'",
+    "hidden IN (SELECT 1 FROM read_csv('/etc/passwd'))",
+    "1=1; SET enable_external_access = true",
+])
+def test_dataframe_where_cannot_touch_files(q, where, tmp_path):
+    out = tmp_path / "out.csv"
+    with pytest.raises(FlorError):
+        flor.dataframe("loss", where=where.format(out=out))
+    assert not out.exists()
+
+
 def test_sql_errors_are_one_line_flor_errors(q):
     with pytest.raises(FlorError, match="SQL error"):
         flor.sql("SELECT no_such_column FROM logs")

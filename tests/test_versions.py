@@ -250,3 +250,22 @@ def test_locate_names_projects_by_repo_and_branch(repo, git, tmp_path):
     assert (p.projid, p.relpath, p.branch, p.root, p.warnings) == ("proj_main", "train.py", "main", repo, [])
     git(repo, "checkout", "-q", "-b", "feature/x+y")
     assert versions.locate(repo / "train.py").projid == "proj_feature-x-y"
+
+
+def test_nested_repositories_do_not_break_the_snapshot(repo, git, capfd):
+    empty = repo / "scratch"
+    empty.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=empty, check=True)
+    (empty / "notes.txt").write_text("a nested repository without a commit\n")
+    full = repo / "vendored"
+    full.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=full, check=True)
+    (full / "lib.py").write_text("y = 2\n")
+    subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", "add", "lib.py"], cwd=full, check=True)
+    subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "-m", "v"], cwd=full,
+                   check=True)
+    vid, skipped = versions.snapshot(repo, "nested")
+    tree = _tree(repo, git, vid)
+    assert "scratch" not in tree and not any(p.startswith("scratch/") for p in tree)
+    assert tree["vendored"] == ("160000", git(full, "rev-parse", "HEAD"))  # a gitlink, as git add makes
+    assert "nested git repositories without a commit): scratch" in capfd.readouterr().err
