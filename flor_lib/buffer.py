@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -19,11 +21,15 @@ class RecordBuffer:
     """Collects records as tuples on the training thread; a daemon thread writes them in batches.
 
     The file is an Arrow IPC stream: every flushed batch stays readable if the process dies
-    later, which a Parquet file (footer written last) would not.
+    later, which a Parquet file (footer written last) would not. The writer holds an flock on it
+    (`stream_in_use`). With a mirror callback (a remote store) the thread also hands a whole copy
+    of the file to it every mirror_interval seconds (FLOR_UPLOAD_SECONDS), when there is news.
     """
 
     def __init__(self, path: Path, run_keys: dict, attempt: int, source: str = "record",
-                 replay_id: str | None = None, interval: float = 2.0, first_seq: int = 0) -> None:
+                 replay_id: str | None = None, interval: float = 2.0, first_seq: int = 0,
+                 mirror: Callable[[Path, bytes], None] | None = None,
+                 mirror_interval: float | None = None) -> None:
         self.path = path
         self._keys = run_keys
         self._attempt = attempt
@@ -38,8 +44,14 @@ class RecordBuffer:
         self._sink = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._mirror_error: BaseException | None = None
         self.on_error: Callable[[BaseException], None] | None = None
         self.flushed_seq = first_seq  # every record with seq < flushed_seq is durable
+        self._mirror = mirror
+        self._mirror_interval = mirror_interval if mirror_interval is not None else _upload_seconds()
+        self._mirrored_seq = first_seq
+        self._last_mirror = time.monotonic()
+        self.mirrored = False  # whether a copy was handed to the mirror
         self._thread = threading.Thread(target=self._loop, name="flor-flush", daemon=True)
         self._thread.start()
 
@@ -65,16 +77,35 @@ class RecordBuffer:
             self.flushed_seq = bound
             return bound
 
-    def close(self) -> None:
-        """Stop the thread, flush the rest and close the file."""
+    def close(self, mirror: bool = False) -> None:
+        """Stop the thread, flush the rest and close the file (mirror: hand a final copy to the mirror)."""
         self._stop.set()
         self._thread.join(timeout=30)
         self.flush()
         with self._io_lock:
             if self._writer is not None:
                 self._writer.close()
-                self._sink.close()
+                self._sink.close()  # also releases the flock
                 self._writer = None
+        if mirror:
+            self.mirror_now(force=True)
+
+    def mirror_now(self, force: bool = False) -> bool:
+        """Hand a copy of the whole file to the mirror if it changed (and the interval passed, unless force)."""
+        if self._mirror is None or self.flushed_seq == self._mirrored_seq:
+            return False
+        if not force and time.monotonic() - self._last_mirror < self._mirror_interval:
+            return False
+        with self._io_lock:
+            seq = self.flushed_seq
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                return False
+        self._last_mirror = time.monotonic()
+        self._mirror(self.path, data)  # outside the lock: an upload may take a while
+        self._mirrored_seq, self.mirrored = seq, True
+        return True
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -85,12 +116,19 @@ class RecordBuffer:
                     self._error = exc
                     if self.on_error:
                         self.on_error(exc)
+            try:
+                self.mirror_now()
+            except Exception as exc:  # the store reports its own outages; anything else once
+                if self._mirror_error is None:
+                    self._mirror_error = exc
+                    print(f"flor: warning: live copy of {self.path.name} not uploaded ({exc})", file=sys.stderr)
 
     def _write(self, rows: list[Row]) -> None:
         batch = self._to_batch(rows)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._sink = pa.OSFile(str(self.path), "ab")
+            _lock(self._sink.fileno())
             self._writer = pa.ipc.new_stream(self._sink, RECORD_SCHEMA)
         self._writer.write_batch(batch)
         self._sink.flush()
@@ -120,6 +158,32 @@ class RecordBuffer:
             "replay_id": pa.array([self._replay_id] * n, pa.string()),
         }
         return pa.RecordBatch.from_pydict(cols, schema=RECORD_SCHEMA)
+
+
+def _upload_seconds() -> float:
+    return float(os.environ.get("FLOR_UPLOAD_SECONDS", 30.0))
+
+
+def _lock(fd: int) -> bool:
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except (ImportError, OSError):
+        return False
+
+
+def stream_in_use(path: Path) -> bool:
+    """Whether a live process is still writing a stream (it holds the file's flock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        return not _lock(fd)  # closing the descriptor releases a lock taken here
+    finally:
+        os.close(fd)
 
 
 def read_stream(path: Path | str, filesystem=None) -> pa.Table:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -14,7 +16,7 @@ from flor_lib import compact
 from flor_lib.buffer import read_stream
 from flor_lib.errors import FlorError
 from flor_lib.schema import RECORD_SCHEMA
-from flor_lib.store import Store
+from flor_lib.store import Store, remote_failure
 
 DATA_PREP = ("projid", "runid", "tstamp", "vid")
 _RUN_COLS = ["projid", "runid", "tstamp", "vid", "filename", "status", "host", "start", "end", "duration_s",
@@ -24,6 +26,15 @@ _RUN_COLS = ["projid", "runid", "tstamp", "vid", "filename", "status", "host", "
 def dataset(store: Store | None = None) -> ds.Dataset:
     """The pyarrow dataset of every record: compacted Parquet plus streams of runs not yet finalized."""
     store = store or Store()
+    if store.remote and not store.offline:
+        try:
+            return _remote_dataset(store)
+        except FlorError:
+            raise
+        except Exception as exc:
+            if not remote_failure(exc):
+                raise
+            raise store.unreachable(exc) from exc
     files = [f for p in _record_projects(store) for f in compact.parquet_files(store, p)]
     parts: list[ds.Dataset] = []
     if files:
@@ -34,6 +45,47 @@ def dataset(store: Store | None = None) -> ds.Dataset:
     if not parts:
         return ds.dataset(RECORD_SCHEMA.empty_table())
     return parts[0] if len(parts) == 1 else ds.dataset(parts)
+
+
+def _remote_dataset(store: Store) -> ds.Dataset:
+    """On S3: one listing each of records/ and live/, then a pyarrow dataset over the Parquet files.
+
+    Files are immutable per version (ETag), so each is fetched once per host into the store's
+    object cache and read from there; FLOR_QUERY_CACHE=0 reads them through s3fs on every scan.
+    Streams come from this host's spool, else from the copies running runs upload to live/.
+    """
+    files = compact.record_files(store)
+    visible, done = compact.split_visible(store, files)
+    parts: list[ds.Dataset] = []
+    if visible and os.environ.get("FLOR_QUERY_CACHE", "1") in ("0", "false"):
+        parts.append(ds.dataset(visible, schema=RECORD_SCHEMA, format="parquet", filesystem=store.fs))
+    elif visible:
+        local = store.cache_many({f: files[f] for f in visible})
+        parts.append(ds.dataset([str(p) for p in local], schema=RECORD_SCHEMA, format="parquet"))
+        _prune(store.objects / "records", local)
+    tables = [read_stream(s) for s in compact.visible_streams(store, done=done)]
+    here = {str(s.relative_to(store.spool)) for s in compact.stream_files(store)}
+    copies = {}
+    for path, info in compact.live_copies(store).items():
+        projid, runid, name = store.rel(path).split("/")[1:4]
+        if f"{projid}/{runid}--{name.rsplit('.', 1)[0]}.parquet" not in done and f"{projid}/{runid}/{name}" not in here:
+            copies[path] = info
+    cached = store.cache_many(copies) if copies else []
+    tables += [read_stream(p) for p in cached]
+    _prune(store.objects / "live", cached)
+    if tables:
+        parts.append(ds.dataset(pa.concat_tables(tables)))
+    if not parts:
+        return ds.dataset(RECORD_SCHEMA.empty_table())
+    return parts[0] if len(parts) == 1 else ds.dataset(parts)
+
+
+def _prune(root: Path, keep: list[Path]) -> None:
+    """Drop cached copies of objects that are gone (merged away or finalized)."""
+    keep_set = set(keep)
+    for p in root.rglob("*@*"):
+        if p not in keep_set:
+            p.unlink(missing_ok=True)
 
 
 def _record_projects(store: Store) -> list[str]:

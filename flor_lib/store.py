@@ -1,10 +1,13 @@
-"""The store root (local path or s3:// URL through fsspec): layout and atomic writes."""
+"""The store root (local path or s3:// URL through fsspec): layout, atomic writes, offline fallback, caches."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
+import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -13,22 +16,65 @@ import fsspec
 from flor_lib import config
 from flor_lib.errors import FlorError
 
+RUNS_INDEX = "_index.json.gz"  # runs/<projid>/_index.json.gz: metas of a project's runs, keyed by version
+_announced: set[str] = set()
+_announce_lock = threading.Lock()
+
+
+def cache_root() -> Path:
+    """Host-local directory for spools, the offline outbox and downloaded objects (FLOR_CACHE_DIR)."""
+    return Path(os.environ.get("FLOR_CACHE_DIR") or Path.home() / ".cache" / "flor")
+
+
+def _fs_options(root: str) -> dict:
+    if not root.startswith("s3://"):
+        return {}
+    cfg: dict = {"connect_timeout": 5, "read_timeout": 60}
+    if not (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
+        cfg["retries"] = {"max_attempts": 3, "mode": "standard"}  # ~5 s to give up on a dead endpoint
+    opts: dict = {"config_kwargs": cfg}
+    endpoint = os.environ.get("FLOR_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        opts["client_kwargs"] = {"endpoint_url": endpoint}
+    return opts
+
+
+def remote_failure(exc: BaseException) -> bool:
+    """Whether an exception means the remote store is unreachable or refuses us (not a bug of ours)."""
+    if isinstance(exc, OSError):
+        return True
+    return any(c.__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp") for c in type(exc).__mro__)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a remote failure."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
 
 class Store:
     """One fsspec root holding records, run metadata and checkpoints.
 
     Layout: records/projid=P/*.parquet (compacted), runs/P/RUNID.json (metadata),
-    checkpoints/P/RUNID/*.pt, and a local spool live/P/RUNID/*.arrows for records being written.
+    checkpoints/P/RUNID/*.pt, and a local spool live/P/RUNID/*.arrows for records being written
+    (on a remote root the spool is host-local and live/ holds uploaded copies of running streams).
+    A remote store that fails goes offline for the rest of the process: writes land in a local
+    outbox that `flor sync` (flor_lib.sync) uploads later.
     """
 
     def __init__(self, root: str | None = None) -> None:
         self.root = root or config.store_root()
-        opts = {}
-        endpoint = os.environ.get("FLOR_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-        if self.root.startswith("s3://") and endpoint:
-            opts["client_kwargs"] = {"endpoint_url": endpoint}
-        self.fs, self.base = fsspec.core.url_to_fs(os.path.expanduser(self.root), **opts)
+        self.fs, self.base = fsspec.core.url_to_fs(os.path.expanduser(self.root), **_fs_options(self.root))
         self.is_local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
+        self.remote = not self.is_local
+        self.remote_base = self.base
+        self.offline = False
+        self.offline_reason: str | None = None
+        key = hashlib.sha1(self.root.encode()).hexdigest()[:12]
+        cache = cache_root()
+        self._spool = Path(self.path("live")) if self.is_local else cache / "spool" / key
+        self.outbox = cache / "outbox" / key
+        self.objects = cache / "objects" / key
 
     def path(self, *parts: str) -> str:
         """Join parts under the store root."""
@@ -37,13 +83,47 @@ class Store:
     @property
     def spool(self) -> Path:
         """Local directory where running processes write their record streams."""
-        if self.is_local:
-            return Path(self.path("live"))
-        digest = hashlib.sha1(self.root.encode()).hexdigest()[:12]
-        return Path.home() / ".cache" / "flor" / "spool" / digest
+        return self._spool
+
+    def rel(self, path: str) -> str:
+        """A store path relative to the root (accepts paths from before going offline)."""
+        for base in (self.remote_base.rstrip("/"), self.base.rstrip("/")):
+            if path.startswith(base + "/"):
+                return path[len(base) + 1:]
+        return path
+
+    def _here(self, path: str) -> str:
+        return self.path(self.rel(path)) if self.offline else path
+
+    # failures -----------------------------------------------------------------------------------
+    def go_offline(self, exc: BaseException) -> None:
+        """Send every later write of this process to the local outbox, saying so once."""
+        if self.offline:
+            return
+        self.offline, self.offline_reason = True, describe(exc)
+        self.fs, self.base, self.is_local = fsspec.filesystem("file"), str(self.outbox), True
+        with _announce_lock:
+            if self.root in _announced:
+                return
+            _announced.add(self.root)
+        print(f"flor: error: store {self.root} unreachable ({self.offline_reason}); recording into the local "
+              f"spool {self.spool} and outbox {self.outbox}: `flor sync` uploads them later", file=sys.stderr)
+
+    def unreachable(self, exc: BaseException) -> FlorError:
+        """The one-line error for a remote store that cannot be read."""
+        return FlorError(f"store {self.root} unreachable ({describe(exc)}): check the endpoint "
+                         "(FLOR_S3_ENDPOINT_URL / AWS_ENDPOINT_URL) and AWS credentials")
 
     def check_writable(self) -> None:
-        """Raise a FlorError naming the fix when the root cannot be written."""
+        """Raise a FlorError naming the fix when a local root cannot be written; a remote one goes offline."""
+        if self.remote and not self.offline:
+            try:
+                self._probe()
+            except Exception as exc:
+                if not remote_failure(exc):
+                    raise
+                self.go_offline(exc)
+            return
         try:
             self.fs.makedirs(self.path("runs"), exist_ok=True)
             probe = self.path("runs", f".probe-{uuid.uuid4().hex}")
@@ -55,18 +135,43 @@ class Store:
                 "set FLOR_STORE to a writable directory or bucket"
             ) from exc
 
+    def _probe(self) -> None:
+        probe = self.path("runs", ".probe")  # one PUT: reachable, credentials valid, bucket writable
+        try:
+            self.fs.pipe_file(probe, b"")
+        except FileNotFoundError:  # no such bucket: create it (no region: see notes/storage.md)
+            self.fs.mkdir(self.base.split("/", 1)[0])
+            self.fs.pipe_file(probe, b"")
+
+    def require_reachable(self) -> None:
+        """Raise the one-line FlorError unless the remote store answers (and can be written)."""
+        if self.remote:
+            try:
+                self._probe()
+            except Exception as exc:
+                if not remote_failure(exc):
+                    raise
+                raise self.unreachable(exc) from exc
+
+    # writes and reads ---------------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write a whole object atomically: rename on disk, a single PUT on object stores."""
-        if self.is_local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)
+        if not self.is_local:
+            try:
+                self.fs.pipe_file(path, data)
+                return
+            except Exception as exc:
+                if not remote_failure(exc):
+                    raise
+                self.go_offline(exc)
+        path = self._here(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     def write_json(self, path: str, obj: dict) -> None:
         """Write a JSON document atomically."""
@@ -75,11 +180,96 @@ class Store:
     def read_json(self, path: str) -> dict | None:
         """Read a JSON document, or None when it does not exist."""
         try:
-            with self.fs.open(path, "rb") as f:
-                return json.loads(f.read())
+            return json.loads(self.get(self._here(path)))
         except FileNotFoundError:
             return None
 
+    def get(self, path: str) -> bytes:
+        """A whole small object in one GET (no HEAD first, no cached listing consulted)."""
+        return self.fs.cat_file(path, max_concurrency=1) if not self.is_local else self.fs.cat_file(path)
+
+    def get_many(self, paths: list[str], on_error: str = "raise") -> dict[str, bytes]:
+        """Whole small objects, fetched concurrently, one GET each."""
+        if self.is_local:
+            return self.fs.cat(paths, on_error=on_error)
+        return self.fs.cat(paths, on_error=on_error, max_concurrency=1)
+
+    def upload_live(self, stream: Path, data: bytes) -> None:
+        """Upload a whole copy of a running record stream to live/ (one PUT), so other hosts see it."""
+        if self.remote and not self.offline:
+            self.write_bytes(self.path("live", *stream.relative_to(self.spool).parts), data)
+
+    def live_uploader(self):
+        """The callback a RecordBuffer uses to upload its stream, or None for a local store."""
+        return self.upload_live if self.remote else None
+
+    def fetch_cached(self, path: str, version: str | None = None) -> bytes:
+        """An object's bytes, downloaded at most once per host and version (checkpoints for replay/resume).
+
+        version: any string naming the content (e.g. attempt-seq-bytes of a checkpoint entry); without
+        it one HEAD request reads the object's ETag.
+        """
+        if self.is_local:
+            with self.fs.open(self._here(path), "rb") as f:
+                return f.read()
+        size = None
+        if version is None:
+            info = self.fs.info(path)
+            version, size = self.version(info), info.get("size")
+        target = self.cached_path(path, version)
+        try:
+            return target.read_bytes()
+        except FileNotFoundError:  # small: one GET; large or unknown: ranged GETs in parallel
+            data = self.get(path) if size is not None and size < 16 << 20 else self.fs.cat_file(path)
+            self._keep(target, data)
+            return data
+
+    def cached_path(self, path: str, version: str) -> Path:
+        """Where the host-local copy of one version of an object lives."""
+        rel = Path(self.rel(path))
+        tag = hashlib.sha1(str(version).encode()).hexdigest()[:16]
+        return self.objects / rel.parent / f"{rel.name}@{tag}"
+
+    def cache_many(self, infos: dict[str, dict]) -> list[Path]:
+        """Host-local copies of many objects ({path: listing info}), downloading the missing ones at once."""
+        targets = {p: self.cached_path(p, self.version(i)) for p, i in infos.items()}
+        missing = [p for p, t in targets.items() if not t.exists()]
+        if missing:
+            for p, blob in self.get_many(missing).items():
+                self._keep(targets[p], blob)
+        return [targets[p] for p in infos]
+
+    def _keep(self, target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for old in target.parent.glob(target.name.rsplit("@", 1)[0] + "@*"):
+            old.unlink(missing_ok=True)  # older versions of the same object
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+
+    def listing(self, *parts: str) -> dict[str, dict]:
+        """Every object under a prefix with its info (one LIST request per 1000 objects on S3)."""
+        prefix = self.path(*parts)
+        self.fs.invalidate_cache(prefix)  # the prefix and its parents; cached listings below it too:
+        for key in [k for k in getattr(self.fs, "dircache", {}) if k.startswith(prefix + "/")]:
+            self.fs.dircache.pop(key, None)
+        try:
+            if self.is_local:
+                found = self.fs.find(prefix, detail=True)
+            else:  # as a key prefix: an empty result costs no extra HEAD and LIST
+                parent, last = prefix.rsplit("/", 1)
+                found = self.fs.find(parent, prefix=last + "/", detail=True)
+        except FileNotFoundError:
+            return {}
+        return {p: i for p, i in found.items() if i.get("type") != "directory"}
+
+    @staticmethod
+    def version(info: dict) -> str:
+        """A string that changes whenever an object's content does (ETag, else size and mtime)."""
+        etag = info.get("ETag") or info.get("etag")
+        return str(etag).strip('"') if etag else f"{info.get('size')}-{info.get('mtime') or info.get('LastModified')}"
+
+    # run metadata -------------------------------------------------------------------------------
     def run_meta_path(self, projid: str, runid: str) -> str:
         """Where a run's metadata document lives."""
         return self.path("runs", projid, f"{runid}.json")
@@ -91,25 +281,73 @@ class Store:
     def projects(self) -> list[str]:
         """Every project that has run metadata."""
         try:
-            return sorted(p.rsplit("/", 1)[-1] for p in self.fs.ls(self.path("runs"), detail=False)
-                          if self.fs.isdir(p))
+            entries = self.fs.ls(self.path("runs"), detail=True)
         except FileNotFoundError:
             return []
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
 
     def runs(self, projid: str | None = None) -> list[dict]:
         """Metadata of every run (of one project when projid is given), oldest first."""
-        metas = []
-        for p in [projid] if projid else self.projects():
-            try:
-                files = self.fs.glob(self.path("runs", p, "*.json"))
-            except FileNotFoundError:
-                continue
-            if files and not self.is_local:
-                blobs = self.fs.cat(files)
-                metas += [json.loads(b) for b in blobs.values()]
-            else:
+        if self.is_local:
+            metas = []
+            for p in [projid] if projid else self.projects():
+                try:
+                    files = self.fs.glob(self.path("runs", p, "*.json"))
+                except FileNotFoundError:
+                    continue
                 metas += [m for m in (self.read_json(f) for f in files) if m]
+        else:
+            try:
+                metas = [m for p, files in self._meta_files(projid).items()
+                         for m in self._indexed_metas(p, files)[0].values()]
+            except Exception as exc:
+                if not remote_failure(exc) or isinstance(exc, FileNotFoundError):
+                    raise
+                raise self.unreachable(exc) from exc
         return sorted(metas, key=lambda m: (m.get("tstamp", ""), m.get("runid", "")))
+
+    def _meta_files(self, projid: str | None) -> dict[str, dict[str, dict]]:
+        """projid -> {path: info} of run documents (and the index), from one listing."""
+        out: dict[str, dict[str, dict]] = {}
+        for path, info in self.listing(*(["runs", projid] if projid else ["runs"])).items():
+            parts = self.rel(path).split("/")
+            if len(parts) == 3 and (parts[2].endswith(".json") or parts[2] == RUNS_INDEX):
+                out.setdefault(parts[1], {})[path] = info
+        return out
+
+    def _indexed_metas(self, projid: str, files: dict[str, dict]) -> tuple[dict[str, dict], int]:
+        """runid -> meta for one project, reading only documents the index does not hold; and how many."""
+        index_path = self.path("runs", projid, RUNS_INDEX)
+        index: dict = {}
+        if index_path in files:
+            index = json.loads(gzip.decompress(self.get(index_path)))
+        metas, stale = {}, []
+        for path, info in files.items():
+            if path == index_path:
+                continue
+            runid = path.rsplit("/", 1)[-1][: -len(".json")]
+            entry = index.get(runid)
+            if entry and entry["version"] == self.version(info):
+                metas[runid] = entry["meta"]
+            else:
+                stale.append(path)
+        if stale:
+            for path, blob in self.get_many(stale, on_error="omit").items():
+                metas[path.rsplit("/", 1)[-1][: -len(".json")]] = json.loads(blob)
+        return metas, len(stale)
+
+    def refresh_runs_index(self, projid: str, at_least: int = 1) -> int:
+        """Rewrite a project's runs index once at_least documents are missing from it; return how many were."""
+        if self.is_local:
+            return 0
+        files = self._meta_files(projid).get(projid, {})
+        metas, stale = self._indexed_metas(projid, files)
+        if stale < at_least:
+            return 0
+        versions = {p.rsplit("/", 1)[-1][: -len(".json")]: self.version(i) for p, i in files.items()}
+        index = {r: {"version": versions[r], "meta": m} for r, m in metas.items() if r in versions}
+        self.write_bytes(self.path("runs", projid, RUNS_INDEX), gzip.compress(json.dumps(index, default=str).encode()))
+        return stale
 
     def find_run(self, runid: str, projid: str | None = None) -> dict:
         """The metadata of a run by id, or a FlorError listing how to find ids."""
