@@ -1,8 +1,9 @@
 """Shared fixtures for flor's tests: real git repositories, real subprocesses, real services.
 
 Every test runs with a fresh, empty store (FLOR_STORE in a tmp dir), no FLOR_* variable from the
-caller's environment, and (for the whole session) a private PREFECT_HOME with analytics off, so
-nothing touches ~/.flor or ~/.prefect.
+caller's environment, and (for the whole session) a private PREFECT_HOME with analytics off and no
+PREFECT_API_URL (Prefect's embedded default unless a test asks for the server), so nothing touches
+~/.flor or ~/.prefect.
 
 Fixtures
 --------
@@ -66,6 +67,8 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+for _var in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):  # the embedded default unless a test
+    os.environ.pop(_var, None)                                         # asks for the server (prefect_api)
 
 # variables a caller may have set that change how a training process behaves
 _FLOR_VARS = [
