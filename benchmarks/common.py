@@ -165,7 +165,7 @@ def machine() -> dict[str, str]:
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         load = "?"
-    torch_version = subprocess.run([PYTHON, "-c", "import torch; print(torch.__version__)"],
+    torch_version = subprocess.run([PYTHON, "-c", "import importlib.metadata as m; print(m.version('torch'))"],
                                    capture_output=True, text=True).stdout.strip()
     return {"cores": str(os.cpu_count()), "cpu": model, "memory": mem, "os": platform.platform(terse=True),
             "python": platform.python_version(), "torch": torch_version or "?", "load average (start)": load}
@@ -176,7 +176,9 @@ def fmt(v: float | None, unit: str = "") -> str:
     if v is None:
         return "-"
     a = abs(v)
-    if a >= 100:
+    if float(v).is_integer() and a < 1e6:
+        s = str(int(v))
+    elif a >= 100:
         s = f"{v:.0f}"
     elif a >= 10:
         s = f"{v:.1f}"

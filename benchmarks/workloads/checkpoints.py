@@ -10,7 +10,9 @@ from common import (
     ROOT,
     STUB,
     WORKLOADS,
+    Sample,
     base_env,
+    fmt,
     fmt_pct,
     fmt_sample,
     interleave,
@@ -45,11 +47,14 @@ def run(ctx: Ctx) -> list[Row]:
 
     variants = {"plain": lambda rep: one(plain_repo, base_env(PYTHONPATH=str(STUB))),
                 "flor": lambda rep: one(flor_repo, flor_env, ["--flor", f"heavy-{rep}"])}
+    if ctx.quick:  # smoke: one torch process is enough
+        variants.pop("plain")
     reps = ctx.reps if ctx.quick else min(ctx.reps, 2)
-    ctx.say(f"checkpoints: heavy model {args}, {reps} x plain/flor")
+    ctx.say(f"checkpoints: heavy model {args}, {reps} x {'/'.join(variants)}")
     res = interleave(variants, reps)
-    p, f = res["plain"], res["flor"]
-    label = f"heavy model ({ctx.data.get('heavy_state_mb', 0):.0f} MB state, {args['epochs']} epochs)"
+    f = res["flor"]
+    p = res.get("plain", {k: Sample() for k in f})
+    label = f"heavy model ({fmt(ctx.data.get('heavy_state_mb', 0))} MB state, {args['epochs']} epochs)"
     na = ctx.na("4.x takes no checkpoints") if ctx.flordb else ctx.na()
     rows = checkpoint_rows(ctx, runmeta.load(store, "heavy-"), label)
     rows += [

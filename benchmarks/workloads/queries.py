@@ -37,7 +37,7 @@ GEN_VERSION = "1"
 
 def shape(ctx: Ctx) -> tuple[list[int], int, int]:
     """(run counts, epochs, steps per epoch)."""
-    return ([3, 10], 2, 9) if ctx.quick else ([10, 100, 1000], 10, 99)
+    return ([10], 2, 9) if ctx.quick else ([10, 100, 1000], 10, 99)
 
 
 def _done(path: Path, key: str) -> bool:

@@ -2,7 +2,8 @@
 and replay scale-out (1 vs 2 workers over 4 runs). FlorDB 4.0.1 replays the same statements in its repo.
 
 Statements are RNG-neutral (as in tests/replay_story.py), so a from-scratch run of the patched code is the
-fair "re-run" baseline. Every replay starts from a fresh copy of the recorded store.
+fair "re-run" baseline. Every replay starts from a fresh copy of the recorded store, and its backfilled
+row counts are checked.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from common import (
 from suite import PENDING, Ctx, Row
 
 from workloads import scripts
-from workloads.scripts import LEVELS as LABELS
+from workloads.scripts import LEVELS
 
 SECTION = "Replay"
+TARGETS = {"after": ">= 20x faster", "epoch": "~ setup + a restore per epoch", "inner": "-"}
 FDB_ITERS = {"after": [], "epoch": [], "inner": ["epoch=all", "step=all"]}  # FlorDB: backfill every step too
+LRS = [0.001, 0.002, 0.0005, 0.003]
 CHILD = """
-import json, sys, time
+import json, sys
 from flor_lib.replay.engine import replay
 import flor_lib as flor
 names, where, workers = json.loads(sys.argv[1]), sys.argv[2] or None, int(sys.argv[3])
@@ -43,112 +46,128 @@ print(json.dumps(dict(zip(got["name"], map(int, got["n"])))))
 """
 
 
-def available() -> str:
+def available(ctx: Ctx) -> str:
     """'' when flor's replay engine can be imported, else why not."""
-    probe = run_child([PYTHON, "-c", "from flor_lib.replay.engine import replay"], env=base_env(PYTHONPATH=str(ROOT)),
-                      check=False)
+    probe = run_child([PYTHON, "-c", "from flor_lib.replay.engine import replay"], cwd=ctx.work,
+                      env=base_env(PYTHONPATH=str(ROOT)), check=False)
     return "" if probe.rc == 0 else "flor_lib.replay.engine: " + (probe.err.strip().splitlines() or ["?"])[-1][:120]
 
 
-def run(ctx: Ctx) -> list[Row]:
-    why = available()
-    if why:
-        ctx.notes.append(f"replay rows pending: {why}")
-        return [Row(SECTION, LABELS[k], flor=PENDING, target="") for k in LABELS]
-    script = scripts.for_replay(ctx)
-    args = script.args
-    lrs = [0.001, 0.002, 0.0005, 0.003]
-    repo = scratch_repo(ctx.work / "replay-flor", {"train.py": script.source})
-    store0 = ctx.work / "store-replay-recorded"
-    shutil.rmtree(store0, ignore_errors=True)
-    env0 = base_env(FLOR_STORE=str(store0), PYTHONPATH=str(ROOT), FLOR_FLUSH_SECONDS="0.5")
-    ctx.say(f"replay: recording 4 runs of {script.describe()}")
-    record_s = Sample()
-    for i, lr in enumerate(lrs):
-        record_s.add(run_child([PYTHON, "train.py", "--flor", f"rp-{i}", "--lr", str(lr), *fdb.flor_cli_args(args)],
-                               cwd=repo, env=env0).wall)
-    (repo / "train.py").write_text(script.patched())
-    commit_all(repo, "hindsight statements")
+class Bench:
+    """A scratch repo with recorded runs of a script, then the patched script committed."""
 
-    def replay(names: list[str], where: str, workers: int, expect: dict) -> float:
-        store = ctx.work / "store-replay"
+    def __init__(self, ctx: Ctx, script: scripts.Script, runs: int) -> None:
+        self.ctx, self.script = ctx, script
+        self.repo = scratch_repo(ctx.work / "replay-flor", {"train.py": script.source})
+        self.recorded = ctx.work / "store-replay-recorded"
+        shutil.rmtree(self.recorded, ignore_errors=True)
+        env = base_env(FLOR_STORE=str(self.recorded), PYTHONPATH=str(ROOT), FLOR_FLUSH_SECONDS="0.5")
+        ctx.say(f"replay: recording {runs} run(s) of {script.describe()}")
+        for i, lr in enumerate(LRS[:runs]):
+            run_child([PYTHON, "train.py", "--flor", f"rp-{i}", "--lr", str(lr), *fdb.flor_cli_args(script.args)],
+                      cwd=self.repo, env=env)
+        (self.repo / "train.py").write_text(script.patched())
+        commit_all(self.repo, "hindsight statements")
+
+    def replay(self, names: list[str], where: str, workers: int, expect: dict) -> float:
+        """Wall seconds of one replay command from a fresh copy of the recorded store."""
+        store = self.ctx.work / "store-replay"
         shutil.rmtree(store, ignore_errors=True)
-        shutil.copytree(store0, store)
-        c = run_child([PYTHON, "-c", CHILD, json.dumps(names), where, str(workers)], cwd=repo,
+        shutil.copytree(self.recorded, store)
+        c = run_child([PYTHON, "-c", CHILD, json.dumps(names), where, str(workers)], cwd=self.repo,
                       env=base_env(FLOR_STORE=str(store), PYTHONPATH=str(ROOT)), timeout=900)
         got = json.loads(c.out.strip().splitlines()[-1])
         if got != expect:
             raise BenchError(f"replay {names} where {where!r}: backfilled {got}, expected {expect}")
         return c.wall
 
-    per_run = script.per_run()
-
-    def rerun(rep: int) -> dict:
-        store = ctx.work / "store-rerun"
+    def rerun(self, rep: int) -> dict:
+        """Recording the patched script from scratch: what a replay saves."""
+        store = self.ctx.work / "store-rerun"
         shutil.rmtree(store, ignore_errors=True)
-        c = run_child([PYTHON, "train.py", "--flor", f"rerun-{rep}", *fdb.flor_cli_args(args)], cwd=repo,
-                      env=base_env(FLOR_STORE=str(store), PYTHONPATH=str(ROOT)))
+        c = run_child([PYTHON, "train.py", "--flor", f"rerun-{rep}", *fdb.flor_cli_args(self.script.args)],
+                      cwd=self.repo, env=base_env(FLOR_STORE=str(store), PYTHONPATH=str(ROOT)))
         return {"s": c.wall}
 
-    variants = {"rerun": rerun}
-    for level, (name, _, _) in script.statements.items():
-        variants[level] = (lambda lv, nm: lambda rep: {"s": replay([nm], "runid = 'rp-0'", 2, {nm: per_run[lv]})})(
-            level, name)
-    reps = ctx.reps if ctx.quick else min(ctx.reps, 2)
+
+def run(ctx: Ctx) -> list[Row]:
+    why = available(ctx)
+    if why:
+        ctx.notes.append(f"replay rows pending: {why}")
+        return [Row(SECTION, LEVELS[k], flor=PENDING) for k in LEVELS]
+    script = scripts.for_replay(ctx)
+    per_run = script.per_run()
+    if ctx.quick:  # smoke: all three statements in one replay of one run
+        b = Bench(ctx, script, 1)
+        names = [script.statements[lv][0] for lv in LEVELS]
+        res = interleave({"rerun": b.rerun, "all": lambda rep: {"s": b.replay(
+            names, "runid = 'rp-0'", 2, {script.statements[lv][0]: per_run[lv] for lv in LEVELS})}}, 1)
+        return [Row(SECTION, f"{script.label}: all three statements in one replay of one run, wall s",
+                    flor=fmt_sample(res["all"]["s"], "s"), base=fmt_sample(res["rerun"]["s"], "s") + " re-run",
+                    flordb=ctx.na(), flor_vs=fmt_ratio(ratios(res["rerun"]["s"], res["all"]["s"])) + " speed-up")]
+    b = Bench(ctx, script, 4)
+    variants = {"rerun": b.rerun}
+    for level in LEVELS:
+        name = script.statements[level][0]
+        variants[level] = (lambda nm, n: lambda rep: {"s": b.replay([nm], "runid = 'rp-0'", 2, {nm: n})})(
+            name, per_run[level])
+    reps = min(ctx.reps, 2)
     ctx.say(f"replay: {reps} x re-run/after/epoch/inner of one run")
     res = interleave(variants, reps)
     fdb_res = flordb_replays(ctx, script, reps) if ctx.flordb else {}
     rows = []
     base = res["rerun"]["s"]
-    for level in LABELS:
-        f = res[level]["s"]
-        d = fdb_res.get(level)
-        rows.append(Row(SECTION, f"{script.label}, {LABELS[level]}: replay one run, wall s", flor=fmt_sample(f, "s"),
+    for level in LEVELS:
+        f, d = res[level]["s"], fdb_res.get(level)
+        rows.append(Row(SECTION, f"{script.label}, {LEVELS[level]}: replay one run, wall s", flor=fmt_sample(f, "s"),
                         base=fmt_sample(base, "s") + " re-run", flordb=fmt_sample(d, "s") if d else ctx.na(),
-                        flor_vs=fmt_ratio(ratios(base, f)) + " faster",
-                        flordb_vs=(fmt_ratio(ratios(fdb_res["rerun"], d)) + " faster") if d else "-",
-                        target={"after": ">= 20x faster", "epoch": "~ setup + a restore per epoch",
-                                "inner": "-"}[level]))
-    ctx.data["replay"] = {"rerun": base.values, **{lv: res[lv]["s"].values for lv in LABELS},
+                        flor_vs=fmt_ratio(ratios(base, f)) + " speed-up",
+                        flordb_vs=(fmt_ratio(ratios(fdb_res["rerun"], d)) + " speed-up") if d else "-",
+                        target=TARGETS[level]))
+    if fdb_res:
+        rows.append(Row(SECTION, "FlorDB: recording the patched script from scratch (its re-run), wall s",
+                        flordb=fmt_sample(fdb_res["rerun"], "s")))
+    ctx.data["replay"] = {"rerun": base.values, **{lv: res[lv]["s"].values for lv in LEVELS},
                           "flordb": {k: v.values for k, v in fdb_res.items()}}
-    rows += scale_out(ctx, script, replay, per_run, reps)
+    rows += scale_out(ctx, b, per_run, reps)
     return rows
 
 
-def scale_out(ctx: Ctx, script: scripts.Script, replay, per_run: dict, reps: int) -> list[Row]:
-    name = script.statements["inner"][0]
-    expect = {name: 4 * per_run["inner"]}
-    ctx.say(f"replay: {reps} x workers 1/2 over 4 runs ({name})")
+def scale_out(ctx: Ctx, b: Bench, per_run: dict, reps: int) -> list[Row]:
+    name = b.script.statements["inner"][0]
+    expect = {name: len(LRS) * per_run["inner"]}
 
     def with_workers(w: int):
-        return lambda rep: {"s": replay([name], "", w, expect)}
+        return lambda rep: {"s": b.replay([name], "", w, expect)}
 
+    ctx.say(f"replay: {reps} x workers 1/2 over {len(LRS)} runs ({name})")
     res = interleave({1: with_workers(1), 2: with_workers(2)}, reps)
     one, two = res[1]["s"], res[2]["s"]
     ctx.data["replay"]["workers"] = {"1": one.values, "2": two.values}
-    return [Row(SECTION, f"{script.label}, inner-loop statement over 4 runs: 2 vs 1 workers, wall s", flor=fmt_sample(two, "s"),
-                base=fmt_sample(one, "s") + " (1 worker)", flordb=ctx.na("no parallel replay") if ctx.flordb else ctx.na(),
+    return [Row(SECTION, f"{b.script.label}, inner-loop statement over {len(LRS)} runs: 2 vs 1 workers, wall s",
+                flor=fmt_sample(two, "s"), base=fmt_sample(one, "s") + " (1 worker)",
+                flordb=ctx.na("no parallel replay") if ctx.flordb else ctx.na(),
                 flor_vs=fmt_ratio(ratios(one, two)) + " speed-up", target=">= 1.6x on 2 cores")]
 
 
 def flordb_replays(ctx: Ctx, script: scripts.Script, reps: int) -> dict[str, Sample]:
     """FlorDB 4.0.1: record one run, then replay each statement (it always re-executes the whole run)."""
-    args = script.args
-    src = fdb.adapt_script(script.source)
-    repo = scratch_repo(ctx.work / "replay-flordb", {"train.py": src}, ignore=[".flor/obj_store/"])
+    repo = scratch_repo(ctx.work / "replay-flordb", {"train.py": fdb.adapt_script(script.source)},
+                        ignore=[".flor/obj_store/"])
     env = fdb.env(base_env())
     ctx.say("replay: FlorDB records one run, then replays each statement")
-    run_child([str(ctx.flordb_python), "train.py", *fdb.cli_args(args)], cwd=repo, env=env)
-    (repo / "train.py").write_text(fdb.adapt_script(script.patched()))
+    run_child([str(ctx.flordb_python), "train.py", *fdb.cli_args(script.args)], cwd=repo, env=env)
+    patched = fdb.adapt_script(script.patched())
+    (repo / "train.py").write_text(patched)
+    rerun_repo = scratch_repo(ctx.work / "replay-flordb-rerun", {"train.py": patched}, ignore=[".flor/obj_store/"])
 
     def rerun(rep: int) -> dict:
-        return {"s": run_child([str(ctx.flordb_python), "train.py", *fdb.cli_args(args)],
-                               cwd=ctx.work / "replay-flordb-rerun", env=env).wall}
+        return {"s": run_child([str(ctx.flordb_python), "train.py", *fdb.cli_args(script.args)], cwd=rerun_repo,
+                               env=env).wall}
 
-    scratch_repo(ctx.work / "replay-flordb-rerun", {"train.py": (repo / "train.py").read_text()},
-                 ignore=[".flor/obj_store/"])
     variants = {"rerun": rerun}
-    for level, (name, _, _) in script.statements.items():
+    for level in LEVELS:
+        name = script.statements[level][0]
         variants[level] = (lambda nm, it: lambda rep: {"s": fdb.replay(repo, [nm], base_env(), it).wall})(
             name, FDB_ITERS[level])
     res = interleave(variants, reps)
