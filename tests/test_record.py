@@ -534,3 +534,23 @@ def test_mtk_aliases_name_unnamed_loops_epoch_and_step(repo, write_script, run_s
         (e, s, float(e * 3 + s + 1)) for e in range(2) for s in range(3)]
     meta = run_meta("mtk")
     assert meta["status"] == "completed" and meta["checkpoints"]
+
+
+@pytest.mark.xfail(reason="flor_lib/__init__.py: --flor NAME is taken out of sys.argv only at the first flor call, "
+                   "so a script that runs argparse's parse_args() first fails on 'unrecognized arguments: --flor'",
+                   strict=False)
+def test_flor_flag_is_hidden_from_the_scripts_own_argparse(repo, write_script, run_script, run_meta):
+    write_script(repo, "ap.py", """
+        import argparse
+        import flor_lib as flor
+
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--data", default="d")
+        opts = parser.parse_args()
+        for e in flor.loop("epoch", range(2)):
+            flor.log("loss", 1.0)
+        print("DATA", opts.data)
+    """)
+    proc = run_script(repo, "--flor", "apRun", "--data", "x", script="ap.py")
+    assert proc.returncode == 0, proc.stderr
+    assert "DATA x" in proc.stdout and run_meta("apRun")["status"] == "completed"
