@@ -77,6 +77,7 @@ def _local(segments: list[Segment], workers: int, timeout_s: float | None, progr
             seg = pending.pop(0)
             inflight[segment_task.submit(seg.to_dict(), seg.key, timeout_s)] = seg
         fut = next(as_completed(list(inflight)))
+        fut.wait()  # sets the final state from the thread; .state alone may read a stale RUNNING from the API
         seg = inflight.pop(fut)
         if fut.state.is_completed():
             results.append(fut.result())

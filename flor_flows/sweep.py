@@ -64,6 +64,7 @@ def _run_local(script: str, members: list[tuple[str, dict]], args: list[str], *,
                                       timeout_s=timeout_s, store=store)
             inflight[fut] = (name, config)
         fut = next(as_completed(list(inflight)))
+        fut.wait()  # sets the final state from the thread; .state alone may read a stale RUNNING from the API
         name, config = inflight.pop(fut)
         state = fut.state
         if state.is_completed():
