@@ -17,6 +17,16 @@ T = TypeVar("T")
 _run = None
 
 
+def _take_flags() -> dict[str, str]:
+    # at import, so a script's own argparse never sees --flor NAME
+    from flor_lib.args import take_flor_flags
+
+    return take_flor_flags(sys.argv)
+
+
+_flags = _take_flags()
+
+
 def _current():
     global _run
     if _run is None:
@@ -29,7 +39,7 @@ def _current():
                 from flor_lib.replay.mode import ReplayMode
 
                 replay = ReplayMode.from_env()
-            flags = cli.take_flor_flags(sys.argv)
+            flags = {**_flags, **cli.take_flor_flags(sys.argv)}
             _run = Run(name=flags.get("name") or os.environ.get("FLOR_RUN_NAME"), replay=replay)
         except FlorError as exc:
             exit_with(exc)
@@ -41,6 +51,8 @@ def arg(name: str, default: Any = None) -> Any:
     try:
         return _current().arg(name, default)
     except FlorError as exc:
+        if _run is not None:
+            _run.status = "failed"
         exit_with(exc)
 
 

@@ -206,6 +206,10 @@ def sql(query: str) -> pd.DataFrame:
 def dataframe(*names: str, where: str | None = None, store: Store | None = None) -> pd.DataFrame:
     """Wide view: one row per (run, loop position) that logged a requested name, args as columns."""
     conn = Connection(store)
+    clash = [n for n in names if n in {"projid", "runid", "tstamp", "vid", "filename", *conn.loops}]
+    if clash:
+        raise FlorError(f"{clash[0]!r} is a key column of the wide view: read it with "
+                        f"flor.sql(\"SELECT * FROM logs WHERE name = '{clash[0]}'\")")
     runs = conn.select_runs(where)
     arg_cols = [c for c in runs.columns if c not in _RUN_COLS and c != "checkpoints"]
     if not names:

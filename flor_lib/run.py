@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import platform
 import signal
@@ -112,7 +113,8 @@ class Run:
             "projid": self.projid, "runid": self.runid, "tstamp": self.tstamp.isoformat(), "vid": None,
             "filename": self.project.relpath, "repo": str(self.project.root) if self.project.root else None,
             "cwd": _relative_cwd(self.project.root),
-            "branch": self.project.branch, "argv": sys.argv[1:], "args": {}, "host": socket.gethostname(),
+            "branch": self.project.branch, "argv": masked_argv(sys.argv[1:]), "args": {},
+            "host": socket.gethostname(),
             "python": platform.python_version(), "torch": getattr(torch, "__version__", None),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "sweep": os.environ.get("FLOR_SWEEP"), "status": "running", "end": None,
@@ -174,7 +176,10 @@ class Run:
         self.args[name] = value
         if self.attempt == 1 or name not in self.meta["args"]:
             self.meta["args"][name] = stored
-            self._append("arg", name, stored)
+            if isinstance(stored, list | tuple):  # list args are kept whole, as JSON text
+                self.buffer.append(self._ctx, "arg", name, "json", None, json.dumps(list(stored)))
+            else:
+                self._append("arg", name, stored)
         return value
 
     def log(self, name: str, value: object) -> object:
@@ -327,6 +332,14 @@ class Run:
             previous(kind, exc, tb)
 
         sys.excepthook = hook
+        plain_exit = sys.exit
+
+        def exit_(code: object = None) -> None:
+            if code not in (None, 0) and self.status == "running":
+                self.status = "failed"
+            plain_exit(code)
+
+        sys.exit = exit_
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
             signal.SIG_DFL, None):
             def on_term(signum, frame):
@@ -366,6 +379,20 @@ class Run:
                 compact.merge_project(self.store, self.projid)
             except Exception as exc:
                 warn(f"records stay in the spool until `flor sync` ({exc})")
+
+
+def masked_argv(argv: list[str]) -> list[str]:
+    """The command line with the values of secret-looking options replaced by ***."""
+    if config.store_secrets():
+        return list(argv)
+    out = list(argv)
+    for i, word in enumerate(out):
+        if word.startswith("--") and cli.is_secret(word[2:].split("=", 1)[0]):
+            if "=" in word:
+                out[i] = word.split("=", 1)[0] + "=***"
+            elif i + 1 < len(out) and not out[i + 1].startswith("--"):
+                out[i + 1] = "***"
+    return out
 
 
 def _relative_cwd(root: Path | None) -> str | None:

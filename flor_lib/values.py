@@ -70,4 +70,8 @@ def decode(value_type: str, number: float | None, text: str | None) -> object:
         return bool(number)
     if value_type == "none":
         return None
+    if value_type == "json":
+        import json
+
+        return json.loads(text)  # type: ignore[arg-type]
     return text

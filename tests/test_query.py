@@ -249,9 +249,6 @@ def test_merging_run_files_does_not_change_query_results(recorded, tmp_path, mon
     pd.testing.assert_frame_equal(flor.dataframe("loss", "acc"), before)
 
 
-@pytest.mark.xfail(reason="query.py dataframe(): a logged name equal to a key column (runid, vid, projid, tstamp "
-                   "or a loop name) raises pandas' 'cannot insert runid, already exists' or duplicates the "
-                   "column", strict=False)
 def test_logged_names_that_collide_with_key_columns(repo, write_script, run_script):
     write_script(repo, "clash.py", """
         import flor_lib as flor

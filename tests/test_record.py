@@ -92,9 +92,6 @@ def test_tutorial_bad_arg_type_is_a_one_line_error(repo, run_script):
     assert "Epoch" not in proc.stdout
 
 
-@pytest.mark.xfail(reason="run.py: a run that exits on a bad --arg is finalized by atexit as 'completed' "
-                   "(exit_with raises SystemExit, which neither __init__.arg nor the excepthook marks failed)",
-                   strict=False)
 def test_bad_arg_type_does_not_leave_a_completed_run(repo, write_script, run_script, store):
     write_script(repo, "args.py", """
         import flor_lib as flor
@@ -244,8 +241,6 @@ def test_cli_arg_casting_bool_list_and_leftover_words():
     assert cli.take_flor_flags(argv) == {"name": "r2"} and argv == ["train.py"]
 
 
-@pytest.mark.xfail(reason="run.py:190 Run._append rejects the list value of a list-typed flor.arg "
-                   "(flor.arg('sizes', [1, 2]) raises TypeError from the log path)", strict=False)
 def test_bool_and_list_args_in_a_run(repo, write_script, run_script, run_meta):
     write_script(repo, "args.py", ARGS)
     proc = run_script(repo, "--flor", "argsRun", "--flag", "--off=0", "--sizes", "3,4,5", "--names", "p,q",
@@ -318,8 +313,6 @@ def test_secret_looking_args_are_masked(repo, write_script, run_script, run_meta
     assert "SUPERSECRET123" not in flor.sql("SELECT * FROM runs").to_string()
 
 
-@pytest.mark.xfail(reason="run.py:_initial_meta stores the raw sys.argv[1:] ('argv') in the run metadata, "
-                   "so a masked secret is still readable in runs/<projid>/<runid>.json", strict=False)
 def test_secret_values_are_nowhere_in_the_store(repo, write_script, run_script, store):
     write_script(repo, "secret.py", """
         import flor_lib as flor
@@ -536,9 +529,6 @@ def test_mtk_aliases_name_unnamed_loops_epoch_and_step(repo, write_script, run_s
     assert meta["status"] == "completed" and meta["checkpoints"]
 
 
-@pytest.mark.xfail(reason="flor_lib/__init__.py: --flor NAME is taken out of sys.argv only at the first flor call, "
-                   "so a script that runs argparse's parse_args() first fails on 'unrecognized arguments: --flor'",
-                   strict=False)
 def test_flor_flag_is_hidden_from_the_scripts_own_argparse(repo, write_script, run_script, run_meta):
     write_script(repo, "ap.py", """
         import argparse
@@ -556,8 +546,6 @@ def test_flor_flag_is_hidden_from_the_scripts_own_argparse(repo, write_script, r
     assert "DATA x" in proc.stdout and run_meta("apRun")["status"] == "completed"
 
 
-@pytest.mark.xfail(reason="run.py: sys.exit(non-zero) is finalized by the atexit hook as 'completed' "
-                   "(SystemExit bypasses sys.excepthook); same root cause as the bad --arg case", strict=False)
 def test_nonzero_sys_exit_is_not_completed(repo, write_script, run_script, run_meta):
     write_script(repo, "ex.py", """
         import sys

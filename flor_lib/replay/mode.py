@@ -58,7 +58,13 @@ class ReplayMode:
     # Run hooks ----------------------------------------------------------------------------------
     def arg(self, name: str, default: object) -> object:
         """The value the original run had (the default when the arg did not exist then)."""
-        return self.meta.get("args", {}).get(name, default)
+        value = self.meta.get("args", {}).get(name, default)
+        if value == "***":  # a masked secret: the replay gets it from its own command line, or the default
+            from flor_lib.args import cast, parse_cli
+
+            given = parse_cli(sys.argv[1:]).get(name)
+            return cast(name, given, default) if given is not None else default
+        return value
 
     def wants(self, name: str, value: object, ctx: tuple) -> bool:
         """Whether to record a logged value; values recorded at the time are compared instead."""
