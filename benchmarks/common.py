@@ -42,13 +42,21 @@ class Child:
 
 
 def run_child(cmd: Sequence[str], cwd: Path | str | None = None, env: dict | None = None,
-              timeout: float = 600, stdin: str | None = None, check: bool = True) -> Child:
-    """Run a command to completion; CPU time comes from RUSAGE_CHILDREN deltas (children run one at a time)."""
+              timeout: float = 600, stdin: str | None = None, check: bool = True, mem_gb: float | None = None) -> Child:
+    """Run a command to completion; CPU time comes from RUSAGE_CHILDREN deltas (children run one at a time).
+
+    mem_gb caps the child's address space, so a runaway allocation fails in it (MemoryError) instead of
+    pushing a shared machine into the OOM killer.
+    """
+    def cap() -> None:
+        limit = int(mem_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(list(cmd), cwd=cwd, env=env, input=stdin, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, preexec_fn=cap if mem_gb else None)
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(map(str, cmd))}") from exc
     wall = time.perf_counter() - t0
@@ -56,7 +64,7 @@ def run_child(cmd: Sequence[str], cwd: Path | str | None = None, env: dict | Non
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     child = Child(wall, cpu, proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         raise BenchError(f"exit {proc.returncode}: {' '.join(map(str, cmd))}\n{tail}")
     return child
 

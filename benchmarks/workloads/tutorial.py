@@ -38,22 +38,30 @@ def check_stub(ctx: Ctx) -> None:
         raise BenchError(f"the stub flor_lib is shadowed: {probe.out.strip()}")
 
 
-def repos(ctx: Ctx, src: str) -> dict[str, Path]:
+def repos(ctx: Ctx, tag: str, src: str) -> dict[str, Path]:
     """Scratch repos holding the script as train.py (FlorDB's adapted to its spellings)."""
-    out = {"flor": scratch_repo(ctx.work / "tutorial-flor", {"train.py": src}),
-           "plain": scratch_repo(ctx.work / "tutorial-plain", {"train.py": src})}
+    out = {"flor": scratch_repo(ctx.work / f"{tag}-flor", {"train.py": src}),
+           "plain": scratch_repo(ctx.work / f"{tag}-plain", {"train.py": src})}
     if ctx.flordb:
-        out["flordb"] = scratch_repo(ctx.work / "tutorial-flordb", {"train.py": fdb.adapt_script(src)},
+        out["flordb"] = scratch_repo(ctx.work / f"{tag}-flordb", {"train.py": fdb.adapt_script(src)},
                                      ignore=[".flor/obj_store/"])
     return out
 
 
 def run(ctx: Ctx) -> list[Row]:
     check_stub(ctx)
-    script = scripts.for_overhead(ctx)
+    rows = []
+    for script in scripts.for_overhead(ctx):
+        rows += measure(ctx, script)
+    return rows
+
+
+def measure(ctx: Ctx, script: scripts.Script) -> list[Row]:
+    """Interleaved plain / flor / FlorDB runs of one script."""
     args = script.args
-    where = repos(ctx, script.source)
-    store = ctx.work / "store-tutorial"
+    tag = script.path.stem
+    where = repos(ctx, tag, script.source)
+    store = ctx.work / f"store-{tag}"
     flor_env = base_env(FLOR_STORE=str(store), PYTHONPATH=str(ROOT))
     plain_env = base_env(PYTHONPATH=str(STUB))
 
@@ -74,18 +82,23 @@ def run(ctx: Ctx) -> list[Row]:
     variants = {"plain": plain, "flor": flor}
     if ctx.flordb:
         variants["flordb"] = flordb
-    ctx.say(f"record overhead: {script.describe()}, {ctx.reps} x {'/'.join(variants)} interleaved")
-    res = interleave(variants, ctx.reps)
+    reps = ctx.reps if script.checkpoints or ctx.quick else max(ctx.reps, 5)
+    ctx.say(f"record overhead: {script.describe()}, {reps} x {'/'.join(variants)} interleaved")
+    res = interleave(variants, reps)
     label = script.describe()
     rows = []
     for key, what in (("cpu", "CPU s per run (user+sys)"), ("wall", "wall s per run")):
         p, f = res["plain"][key], res["flor"][key]
         d = res.get("flordb", {}).get(key)
-        rows.append(Row(SECTION, f"{label}: {what}", flor=fmt_sample(f), base=fmt_sample(p),
-                        flordb=fmt_sample(d) if d else ctx.na(), flor_vs=fmt_pct(ratios(f, p)),
+        rows.append(Row(SECTION, f"{label}: {what}", flor=fmt_sample(f, "s"), base=fmt_sample(p, "s"),
+                        flordb=fmt_sample(d, "s") if d else ctx.na(), flor_vs=fmt_pct(ratios(f, p)),
                         flordb_vs=fmt_pct(ratios(d, p)) if d else "-",
-                        target="flor < +2% CPU" if key == "cpu" else ""))
-    ctx.data["overhead"] = {k: {m: s.values for m, s in v.items()} for k, v in res.items()}
+                        target=script.target if key == "cpu" else ""))
+        diff = Sample([x - y for x, y in zip(f.values, p.values, strict=False)])
+        ddiff = Sample([x - y for x, y in zip(d.values, p.values, strict=False)]) if d else None
+        rows.append(Row(SECTION, f"{label}: added {what.split(' per')[0]} per run (flor - plain)",
+                        flor=fmt_sample(diff, "s"), flordb=fmt_sample(ddiff, "s") if d else ctx.na()))
+    ctx.data.setdefault("overhead", {})[tag] = {k: {m: s.values for m, s in v.items()} for k, v in res.items()}
     if script.checkpoints:
         rows += checkpoint_rows(ctx, runmeta.load(store, "ovh-"), label)
     return rows
