@@ -176,10 +176,10 @@ class Writer:
         self._thread.start()
         self.error: BaseException | None = None
 
-    def submit(self, index: int, state: dict, seq: int, copy_s: float) -> bool:
-        """Queue a captured state; False (skip, don't stall training) when the queue is full."""
+    def submit(self, index: int, state: dict, seq: int, copy_s: float, block: bool = False) -> bool:
+        """Queue a captured state; False (skip, don't stall training) when the queue is full, unless block."""
         try:
-            self._queue.put_nowait((index, state, seq, copy_s))
+            self._queue.put((index, state, seq, copy_s), block=block)
             return True
         except queue.Full:
             return False

@@ -95,11 +95,11 @@ def _record_projects(store: Store) -> list[str]:
         return []
 
 
-def runs_frame(store: Store | None = None) -> pd.DataFrame:
+def runs_frame(store: Store | None = None, metas: list[dict] | None = None) -> pd.DataFrame:
     """One row per run: identity, status, timing and every arg as a column."""
-    store = store or Store()
+    metas = (store or Store()).runs() if metas is None else metas
     rows = []
-    for m in store.runs():
+    for m in metas:
         row = {k: m.get(k) for k in _RUN_COLS if k in m}
         attempts = m.get("attempts") or [{}]
         row["start"] = attempts[0].get("start")
@@ -123,7 +123,18 @@ class Connection:
         self.store = store or Store()
         self.con = duckdb.connect(config={"threads": 2})
         self.records = dataset(self.store)
-        self.con.register("records", self.records)
+        self.con.register("records_raw", self.records)
+        metas = self.store.runs()
+        # a resumed attempt redoes everything after its checkpoint: hide what the earlier attempt logged there
+        cut = pa.table({"c_projid": pa.array([m["projid"] for m in metas for _ in _cuts(m)], pa.string()),
+                        "c_runid": pa.array([m["runid"] for m in metas for _ in _cuts(m)], pa.string()),
+                        "c_attempt": pa.array([a for m in metas for a, _ in _cuts(m)], pa.int32()),
+                        "c_bound": pa.array([b for m in metas for _, b in _cuts(m)], pa.int64())})
+        self.con.register("cuts", cut)
+        self.con.execute(
+            "CREATE VIEW records AS SELECT r.* FROM records_raw r LEFT JOIN cuts c ON r.runid = c.c_runid "
+            "AND r.projid = c.c_projid AND r.attempt = c.c_attempt AND r.source = 'record' "
+            "WHERE c.c_bound IS NULL OR r.seq < c.c_bound")
         self.loops = [r[0] for r in self.con.execute(
             "SELECT DISTINCT unnest(loops) FROM records").fetchall() if r[0]]
         self.loops.sort(key=self._loop_order)
@@ -131,7 +142,7 @@ class Connection:
         self.con.execute(
             "CREATE VIEW logs AS SELECT projid, runid, tstamp, vid, filename" + loop_cols +
             ", name, value, value_text, value_type, source, replay_id, attempt, seq FROM records WHERE kind = 'log'")
-        runs = runs_frame(self.store)
+        runs = runs_frame(self.store, metas)
         self.con.register("runs_df", runs)
         self.con.execute("CREATE VIEW runs AS SELECT * FROM runs_df")
         self.con.execute("SET enable_external_access = false")
@@ -181,6 +192,11 @@ class Connection:
             cols = ", ".join(str(c) for c in level.columns)
             raise FlorError(f"--where {where!r}: {str(exc).splitlines()[0]} (columns: {cols})") from exc
         return level.merge(keys, on=["projid", "runid"])
+
+
+def _cuts(meta: dict) -> list[tuple[int, int]]:
+    attempts = meta.get("attempts") or []
+    return [(a["attempt"], b["start_seq"]) for a, b in zip(attempts, attempts[1:], strict=False)]
 
 
 def _lit(text: str) -> str:

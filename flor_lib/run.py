@@ -48,6 +48,8 @@ class Run:
         self._outer_iters = 0
         self.status = "running"
         self._restore_at: int | None = None
+        stop = os.environ.get("FLOR_SEGMENT_STOP")
+        self._segment_stop = int(stop) if stop else None  # end this process after that many outer iterations
         self._quiet = False  # a resumed attempt does not re-log what happened before its checkpoint
         self._closed = False
         self._lock = threading.Lock()
@@ -261,6 +263,10 @@ class Run:
             self._outer_iters = index + 1
             if not self._nested_done:
                 self.maybe_checkpoint(index, frame)
+            if self._segment_stop is not None and index + 1 >= self._segment_stop and (
+                    self._outer_len is None or index + 1 < self._outer_len):
+                self.status = "suspended"  # a segment boundary: the next segment resumes from this checkpoint
+                raise SystemExit(0)
 
     def _nested_loop(self, name: str, iterable, depth: int):
         frame = sys._getframe(1)
@@ -288,14 +294,15 @@ class Run:
         """Checkpoint outer iteration index if the policy allows (always the last one)."""
         if not self.objects or self.replay is not None:
             return
-        last = self._outer_len is not None and index == self._outer_len - 1
+        last = (self._outer_len is not None and index == self._outer_len - 1) or (
+            self._segment_stop is not None and index == self._segment_stop - 1)
         if not self.policy.should_save(index + 1, last):
             return
         t0 = time.perf_counter()
         state = ckpt.capture(self.objects, framevars.capture(frame, framevars.nested_loop_names(str(self.script))))
         seq = self.buffer.next_seq
         copy_s = time.perf_counter() - t0
-        if not self.writer.submit(index, state, seq, copy_s):
+        if not self.writer.submit(index, state, seq, copy_s, block=last):  # the last one is never skipped
             self.skipped_checkpoints += 1
 
     def _write_checkpoint(self, index: int, state: dict, seq: int, copy_s: float) -> None:

@@ -184,3 +184,42 @@ def test_plain_objects_round_trip_in_place(obj):
         value += 1
     assert ckpt.apply(saved, [value]) == {"x": 1.5}
     assert np.array_equal(value, original) if not isinstance(value, dict | list) else value == original
+
+
+FAIL_ONCE = (
+    "        optimizer.step()\n",
+    "        optimizer.step()\n"
+    "        if epoch == 1 and i == 5 and not os.path.exists('failed-once'):\n"
+    "            open('failed-once', 'w').close()\n"
+    "            raise RuntimeError('flaky GPU')\n",
+)
+
+
+def test_a_run_in_segments_and_a_failed_then_resumed_run_equal_a_whole_run(tmp_path):
+    from tests.replay_story import edit
+
+    repo = make_repo(tmp_path)
+    (repo / ".gitignore").write_text("*.pth\nfailed-once\n")
+    edit(repo, ("import torch\n", "import os\n\nimport torch\n"), FAIL_ONCE)
+    store = tmp_path / "store"
+    base = {**os.environ, "FLOR_STORE": str(store), "FLOR_EPSILON": "1000"}
+    (repo / "failed-once").touch()
+    record(repo, store, "whole", *FAST)
+    (repo / "failed-once").unlink()
+    failed = record(repo, store, "flaky", *FAST, check=False)
+    assert failed.returncode != 0 and "flaky GPU" in failed.stderr
+    proc = subprocess.run([sys.executable, "train.py", *FAST], cwd=repo, capture_output=True, text=True,
+                          env={**base, "FLOR_RESUME": "flaky"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _losses(store, "flaky") == _losses(store, "whole")
+    for stop in ("1", "2", ""):  # three segments: iterations 0, 1, then 2 to the end
+        env = {**base, "FLOR_SEGMENT_STOP": stop} if stop else dict(base)
+        args = ["--flor", "seg"] if stop == "1" else []
+        if stop != "1":
+            env["FLOR_RESUME"] = "seg"
+        proc = subprocess.run([sys.executable, "train.py", *args, *FAST], cwd=repo, capture_output=True, text=True,
+                              env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads(next((store / "runs").glob("*/seg.json")).read_text())
+    assert meta["status"] == "completed" and len(meta["attempts"]) == 3
+    assert _losses(store, "seg") == _losses(store, "whole")
