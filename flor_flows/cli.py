@@ -47,16 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=argv, prog_name="flor", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
+    except (typer.Exit, click.exceptions.Exit) as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
-        msg = _one_line(exc.format_message())
-        msg += next((hint for key, hint in _HINTS.items() if key in msg), "")
-        print(f"flor: error: {msg}", file=sys.stderr)
-        code = exc.exit_code
-    except click.exceptions.Abort:
+    except (typer.Abort, click.exceptions.Abort):
         print("flor: aborted", file=sys.stderr)
         code = 130
+    except (typer.TyperException, click.ClickException) as exc:  # typer vendors its own click
+        msg = _one_line(exc.format_message() if hasattr(exc, "format_message") else exc)
+        if not msg:  # `flor` alone: the help was shown
+            return 0
+        words = sys.argv[1:] if argv is None else argv
+        if words and words[0] in ("run", "sweep"):
+            msg += next((hint for key, hint in _HINTS.items() if key in msg), "")
+        print(f"flor: error: {msg}", file=sys.stderr)
+        code = getattr(exc, "exit_code", 2)
     except FlorError as exc:
         if config.debug():
             raise
