@@ -385,7 +385,12 @@ class Run:
                 compact.finalize_run(self.store, self.projid, self.runid, truncate=truncation(self.meta))
                 compact.merge_project(self.store, self.projid)
             except Exception as exc:
-                warn(f"records stay in the spool until `flor sync` ({exc})")
+                from flor_lib.store import remote_failure
+
+                if self.store.remote and remote_failure(exc):
+                    self.store.go_offline(exc)  # the one error line: records stay in the spool for `flor sync`
+                else:
+                    warn(f"records stay in the spool until `flor sync` ({exc})")
 
 
 def masked_argv(argv: list[str]) -> list[str]:

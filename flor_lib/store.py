@@ -281,6 +281,7 @@ class Store:
     def projects(self) -> list[str]:
         """Every project that has run metadata."""
         try:
+            self.fs.invalidate_cache(self.path("runs"))
             entries = self.fs.ls(self.path("runs"), detail=True)
         except FileNotFoundError:
             return []
@@ -315,8 +316,8 @@ class Store:
                 out.setdefault(parts[1], {})[path] = info
         return out
 
-    def _indexed_metas(self, projid: str, files: dict[str, dict]) -> tuple[dict[str, dict], int]:
-        """runid -> meta for one project, reading only documents the index does not hold; and how many."""
+    def _indexed_metas(self, projid: str, files: dict[str, dict], at_least: int = 0) -> tuple[dict[str, dict], int]:
+        """runid -> meta of one project, reading only documents the index lacks (none if fewer than at_least)."""
         index_path = self.path("runs", projid, RUNS_INDEX)
         index: dict = {}
         if index_path in files:
@@ -331,8 +332,12 @@ class Store:
                 metas[runid] = entry["meta"]
             else:
                 stale.append(path)
-        if stale:
-            for path, blob in self.get_many(stale, on_error="omit").items():
+        if stale and len(stale) >= at_least:
+            for path, blob in self.get_many(stale, on_error="return").items():
+                if isinstance(blob, FileNotFoundError):
+                    continue  # deleted since the listing
+                if isinstance(blob, BaseException):
+                    raise blob
                 metas[path.rsplit("/", 1)[-1][: -len(".json")]] = json.loads(blob)
         return metas, len(stale)
 
@@ -341,8 +346,8 @@ class Store:
         if self.is_local:
             return 0
         files = self._meta_files(projid).get(projid, {})
-        metas, stale = self._indexed_metas(projid, files)
-        if stale < at_least:
+        metas, stale = self._indexed_metas(projid, files, at_least=max(at_least, 1))
+        if stale < at_least or not stale:
             return 0
         versions = {p.rsplit("/", 1)[-1][: -len(".json")]: self.version(i) for p, i in files.items()}
         index = {r: {"version": versions[r], "meta": m} for r, m in metas.items() if r in versions}

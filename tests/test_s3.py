@@ -231,8 +231,8 @@ def _store():
     return Store()
 
 
-def test_story_two_runs_dataframe_sql(s3, proxy, tmp_path, moto_url):
-    """Two tutorial runs recorded into S3: few requests each, nothing left behind, both queryable."""
+def test_story_two_runs_dataframe_sql_replay(s3, proxy, tmp_path, moto_url, monkeypatch):
+    """Two tutorial runs recorded into S3: few requests each, nothing left behind, queryable, replayable."""
     import flor_lib as flor
 
     repo = init_repo(tmp_path / "proj")
@@ -260,6 +260,20 @@ def test_story_two_runs_dataframe_sql(s3, proxy, tmp_path, moto_url):
     assert len(fs.glob(f"{bucket_root}/checkpoints/*/*/*.pt")) >= 2
     assert not fs.exists(f"{bucket_root}/live") or not fs.find(f"{bucket_root}/live")
     assert not list(store.spool.rglob("*.arrows")) and not store.outbox.exists()
+
+    # hindsight: log accuracy in the newest code, replay both runs from their checkpoints on S3
+    from flor_lib.replay.engine import replay
+    from tests.replay_story import ACC, edit
+
+    edit(repo, ACC, message="log accuracy")
+    monkeypatch.setenv("HOME", str(tmp_path))  # worktrees under the test's tmp dir
+    proxy.reset()
+    summary = replay(["accuracy"], workers=2, progress=False)
+    assert set(summary["status"]) == {"backfilled"} and (summary["restored_iters"] == 1).all(), summary
+    assert proxy.count("GET", "/checkpoints/") == 2, "one checkpoint download per run"
+    acc = flor.dataframe("accuracy")
+    assert acc.set_index("runid")["accuracy"].notna().to_dict() == {"s3a": True, "s3b": True}
+    assert len(flor.dataframe("loss")) == 8
 
 
 def test_live_copy_then_resume_after_sigkill(s3, proxy, tmp_path, moto_url, monkeypatch):
@@ -322,7 +336,7 @@ def test_store_down_mid_run_then_sync(s3, proxy, tmp_path, moto_url):
     repo = init_repo(tmp_path / "proj")
     (repo / "slow.py").write_text(SLOW)
     env = {"FLOR_UPLOAD_SECONDS": "0.5", "FLOR_EPSILON": "0.5"}
-    proc = subprocess.Popen([sys.executable, "slow.py", "--flor", "outage", "--epochs", "6", "--sleep", "0.1"],
+    proc = subprocess.Popen([sys.executable, "slow.py", "--flor", "outage", "--epochs", "6", "--sleep", "0.3"],
                             cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **env})
     for line in proc.stdout:
