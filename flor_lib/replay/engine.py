@@ -27,15 +27,17 @@ def _pending_dir(store: Store, replay_id: str) -> Path:
     return store.spool.parent / "replays-pending" / replay_id
 
 
-def worktree(repo: Path, vid: str, relpath: str, source: str) -> Path:
-    """A detached worktree of vid with the patched script written in (shared by segments on this host)."""
+def _worktree_path(seg: Segment) -> Path:
+    key = f"{seg.meta['repo']}\0{seg.vid}\0{seg.patched_source}".encode()
+    return Path.home() / ".cache" / "flor" / "worktrees" / seg.replay_id / hashlib.sha1(key).hexdigest()[:16]
+
+
+def worktree(repo: Path, path: Path, vid: str, relpath: str, source: str) -> Path:
+    """A detached worktree of vid at path with the patched script written in (shared by a replay's segments)."""
     from filelock import FileLock
 
-    digest = hashlib.sha1(f"{repo}\0{vid}\0{source}".encode()).hexdigest()[:16]
-    base = Path.home() / ".cache" / "flor" / "worktrees"
-    base.mkdir(parents=True, exist_ok=True)
-    path = base / digest
-    with FileLock(str(base / f"{digest}.lock")):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
         if not (path / relpath).exists():
             if path.exists():
                 shutil.rmtree(path)
@@ -56,7 +58,7 @@ def run_segment(seg: Segment, on_output: Callable[[str], None] | None = None, ti
     """Re-execute one segment in a child process of the old version; return its result."""
     store = Store(seg.store_root or None)
     meta = seg.meta
-    tree = worktree(Path(meta["repo"]), seg.vid, meta["filename"], seg.patched_source)
+    tree = worktree(Path(meta["repo"]), _worktree_path(seg), seg.vid, meta["filename"], seg.patched_source)
     pending = _pending_dir(store, seg.replay_id)
     spec = pending / f"{seg.key}.json"
     spec.parent.mkdir(parents=True, exist_ok=True)
@@ -94,30 +96,19 @@ def finish_replay(plan: ReplayPlan, results: list[dict], store: Store | None = N
     """Land the records of every run whose segments all succeeded; summarize per run."""
     import pandas as pd
 
-    from flor_lib import compact
-
     store = store or Store(plan.segments[0].store_root if plan.segments else None)
     by_run: dict[str, list[Segment]] = {}
     for seg in plan.segments:
         by_run.setdefault(seg.runid, []).append(seg)
     got = {r["segment"]: r for r in results if r}
     rows = []
-    for runid, segs in by_run.items():
-        res = [got.get(s.key) for s in segs]
-        ok = all(r is not None for r in res)
-        mismatches = [m for r in res if r for m in r.get("mismatches", [])]
-        if ok:
-            for r in res:
-                stream = Path(r["stream"])
-                if stream.exists():
-                    compact.finalize_stream(store, stream)
-        restored = sorted({i for r in res if r for i in r.get("restored", [])})
-        executed = sorted({i for r in res if r for i in r.get("executed", [])})
-        rows.append({"runid": runid, "vid": segs[0].vid[:8], "status": "backfilled" if ok else "failed",
-                     "names": ", ".join(segs[0].names), "segments": len(segs),
-                     "restored_iters": len(restored), "executed_iters": len(executed),
-                     "checked": sum(r.get("checked", 0) for r in res if r), "mismatches": len(mismatches),
-                     "seconds": round(sum(r.get("seconds", 0) for r in res if r), 2)})
+    with _landing_lock(store):
+        from flor_lib.query import Connection
+        from flor_lib.replay.plan import backfilled
+
+        landed = set() if plan.force else backfilled(Connection(store))
+        for runid, segs in by_run.items():
+            rows.append(_land(store, runid, segs, [got.get(s.key) for s in segs], landed))
     for d in plan.skipped:
         rows.append({"runid": d["runid"], "vid": (d.get("vid") or "")[:8], "status": "skipped", "reason": d["reason"]})
     summary = pd.DataFrame(rows)
@@ -126,12 +117,42 @@ def finish_replay(plan: ReplayPlan, results: list[dict], store: Store | None = N
                       "runs": summary.to_dict(orient="records"),
                       "mismatches": [m for r in results if r for m in r.get("mismatches", [])][:50]})
     shutil.rmtree(_pending_dir(store, plan.replay_id), ignore_errors=True)
-    for seg in {(s.meta["repo"], s.vid, s.meta["filename"], s.patched_source): s for s in plan.segments}.values():
-        digest = hashlib.sha1(f"{seg.meta['repo']}\0{seg.vid}\0{seg.patched_source}".encode()).hexdigest()[:16]
-        path = Path.home() / ".cache" / "flor" / "worktrees" / digest
-        if path.exists():
-            remove_worktree(Path(seg.meta["repo"]), path)
+    for seg in {_worktree_path(s): s for s in plan.segments}.values():
+        if _worktree_path(seg).exists():
+            remove_worktree(Path(seg.meta["repo"]), _worktree_path(seg))
+    shutil.rmtree(Path.home() / ".cache" / "flor" / "worktrees" / plan.replay_id, ignore_errors=True)
     return summary
+
+
+def _landing_lock(store: Store):
+    from filelock import FileLock
+
+    store.spool.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(store.spool / ".replay-landing.lock"))
+
+
+def _land(store: Store, runid: str, segs: list[Segment], res: list[dict | None], landed: set) -> dict:
+    """Finalize one run's replay streams when all its segments succeeded and no other replay beat it."""
+    from flor_lib import compact
+
+    ok = all(r is not None for r in res)
+    raced = [n for n in segs[0].names if (runid, n) in landed]
+    mismatches = [m for r in res if r for m in r.get("mismatches", [])]
+    if ok and not raced:
+        for r in res:
+            stream = Path(r["stream"])
+            if stream.exists():
+                compact.finalize_stream(store, stream)
+    restored = sorted({i for r in res if r for i in r.get("restored", [])})
+    executed = sorted({i for r in res if r for i in r.get("executed", [])})
+    status = "failed" if not ok else ("skipped" if raced else "backfilled")
+    row = {"runid": runid, "vid": segs[0].vid[:8], "status": status, "names": ", ".join(segs[0].names),
+           "segments": len(segs), "restored_iters": len(restored), "executed_iters": len(executed),
+           "checked": sum(r.get("checked", 0) for r in res if r), "mismatches": len(mismatches),
+           "seconds": round(sum(r.get("seconds", 0) for r in res if r), 2)}
+    if raced:
+        row["reason"] = f"another replay backfilled {', '.join(raced)} meanwhile"
+    return row
 
 
 def replay(names: list[str] | str, where: str | None = None, workers: int | None = None, force: bool = False,

@@ -24,6 +24,7 @@ class ReplayPlan:
     skipped: list[dict] = field(default_factory=list)
     levels: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    force: bool = False
 
     def describe(self) -> str:
         """The plan as text, with a cost estimate from recorded timings (for --dry-run)."""
@@ -91,7 +92,7 @@ def plan_replay(names: list[str], where: str | None = None, force: bool = False,
         raise FlorError("name at least one value to replay, e.g. `flor replay accuracy`")
     conn = Connection(store)
     selected = conn.select_runs(where)
-    plan = ReplayPlan(replay_id=uuid.uuid4().hex[:12], names=list(names))
+    plan = ReplayPlan(replay_id=uuid.uuid4().hex[:12], names=list(names), force=force)
     done = _backfilled(conn)
     metas = [store.run_meta(p, r) for p, r in zip(selected["projid"], selected["runid"], strict=True)]
     metas = [m for m in metas if m]
@@ -165,6 +166,11 @@ def _with_existing_checkpoints(store: Store, meta: dict, plan: ReplayPlan) -> di
         plan.notes.append(f"{meta['runid']}: checkpoint(s) at iteration {', '.join(map(str, missing))} missing; "
                           "re-executing from the nearest earlier one")
     return {**meta, "checkpoints": [c for c in listed if c["path"] in present]}
+
+
+def backfilled(conn) -> set[tuple[str, str]]:
+    """(runid, name) pairs that a replay has already landed."""
+    return _backfilled(conn)
 
 
 def _backfilled(conn) -> set[tuple[str, str]]:
