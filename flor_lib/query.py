@@ -55,9 +55,12 @@ def _remote_dataset(store: Store) -> ds.Dataset:
     Streams come from this host's spool, else from the copies running runs upload to live/.
     """
     files = compact.record_files(store)
+    cache = os.environ.get("FLOR_QUERY_CACHE", "1") not in ("0", "false")
+    if cache:  # merged files are read anyway: fetched first, their footers are read locally
+        store.cache_many({f: i for f, i in files.items() if f.rsplit("/", 1)[-1].startswith("merged-")})
     visible, done = compact.split_visible(store, files)
     parts: list[ds.Dataset] = []
-    if visible and os.environ.get("FLOR_QUERY_CACHE", "1") in ("0", "false"):
+    if visible and not cache:
         parts.append(ds.dataset(visible, schema=RECORD_SCHEMA, format="parquet", filesystem=store.fs))
     elif visible:
         local = store.cache_many({f: files[f] for f in visible})

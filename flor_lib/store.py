@@ -320,8 +320,8 @@ class Store:
         """runid -> meta of one project, reading only documents the index lacks (none if fewer than at_least)."""
         index_path = self.path("runs", projid, RUNS_INDEX)
         index: dict = {}
-        if index_path in files:
-            index = json.loads(gzip.decompress(self.get(index_path)))
+        if index_path in files:  # immutable per version: kept on this host
+            index = json.loads(gzip.decompress(self.cache_many({index_path: files[index_path]})[0].read_bytes()))
         metas, stale = {}, []
         for path, info in files.items():
             if path == index_path:

@@ -464,12 +464,10 @@ def test_query_requests_follow_projects_not_runs(s3, proxy, tmp_path, monkeypatc
     compact.compact(Store())
     rows20, first20 = query_requests("q20")
     _, again20 = query_requests("q20")
-    repeat = list(proxy.requests)
     monkeypatch.setenv("FLOR_QUERY_CACHE", "0")
     _, direct20 = query_requests("q20-direct")
     monkeypatch.delenv("FLOR_QUERY_CACHE")
     print(f"query requests: 4 runs {first4}; 20 runs {first20} (repeat {again20}, through s3fs {direct20})")
-    print("repeat:", *repeat, sep="\n  ")
     assert rows4 == 12 and rows20 == 60
     assert first20 < 30 and first20 <= first4 + 2 and again20 <= first20
     fs = Store().fs
@@ -496,3 +494,56 @@ def test_fetch_cached_downloads_once_per_host(s3, proxy, tmp_path, monkeypatch):
     proxy.reset()
     assert Store().fetch_cached(path) == b"two" and proxy.count("GET") == 1
     shutil.rmtree(tmp_path / "elsewhere")
+
+
+def _synthetic_run(store, projid: str, runid: str, records: int = 12) -> None:
+    """One finished run written straight into the store: its metadata and its Parquet file."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from flor_lib import compact
+    from flor_lib.schema import RECORD_SCHEMA
+
+    now = datetime.now(UTC)
+    cols = {"projid": [projid] * records, "runid": [runid] * records, "tstamp": [now] * records,
+            "vid": ["0" * 40] * records, "filename": ["train.py"] * records, "attempt": [1] * records,
+            "seq": list(range(records)), "loops": [["epoch"]] * records, "iters": [[i] for i in range(records)],
+            "kind": ["log"] * records, "name": ["x"] * records, "value": [float(i) for i in range(records)],
+            "value_text": [None] * records, "value_type": ["float"] * records, "source": ["record"] * records,
+            "replay_id": [None] * records}
+    table = pa.Table.from_pydict(cols, schema=RECORD_SCHEMA)
+    store.write_bytes(f"{store.records_dir(projid)}/{runid}--a1.parquet", compact._parquet_bytes(table))
+    store.write_json(store.run_meta_path(projid, runid), {
+        "projid": projid, "runid": runid, "tstamp": now.isoformat(), "vid": "0" * 40, "filename": "train.py",
+        "status": "completed", "host": "h", "end": now.isoformat(), "args": {"k": 1}, "checkpoints": [],
+        "attempts": [{"attempt": 1, "start_seq": 0, "start": now.isoformat(), "end": now.isoformat()}]})
+
+
+def test_query_requests_at_200_runs(s3, proxy, tmp_path, monkeypatch):
+    """200 runs in 4 projects: ~400 requests per query on per-run files; compacted 3 + 2 per project, then 3."""
+    import flor_lib as flor
+    from flor_lib import compact
+    from flor_lib.store import Store
+
+    runs, projects = 200, 4
+    store = Store()
+    store.check_writable()
+    for i in range(runs):
+        _synthetic_run(store, f"p{i % projects}", f"r{i:03d}")
+
+    def query(cache: str) -> int:
+        monkeypatch.setenv("FLOR_CACHE_DIR", str(tmp_path / cache))
+        proxy.reset()
+        assert len(flor.dataframe("x")) == runs * 12
+        return proxy.count()
+
+    per_run_files = query("a")
+    proxy.reset()
+    compact.compact(Store())
+    compaction = proxy.count()
+    compacted, repeat = query("b"), query("b")
+    print(f"{runs} runs / {projects} projects: query {per_run_files} requests on per-run files; compaction "
+          f"{compaction}; compacted {compacted} (repeat on this host {repeat})")
+    assert per_run_files >= 2 * runs
+    assert compacted <= 3 + 2 * projects + 1 and repeat <= 3 + 1
