@@ -49,9 +49,8 @@ class Script:
 TUTORIAL_STATEMENTS = {
     "after": ("accuracy", '    print(f"Accuracy of',
               '    flor.log("accuracy", 100 * correct / total)\n    print(f"Accuracy of'),
-    "epoch": ("val_acc", "# Test the model\n",
-              "    with torch.no_grad():\n"
-              '        flor.log("val_acc", (model(x_all[1500:]).argmax(1) == y_all[1500:]).float().mean().item())\n'
+    "epoch": ("val_acc", "# Test the model\n",  # no new block around it: FlorDB cannot anchor one
+              '    flor.log("val_acc", (model(x_all[1500:]).argmax(1) == y_all[1500:]).float().mean().item())\n'
               "\n# Test the model\n"),
     "inner": ("grad_norm", "        optimizer.step()\n",
               "        optimizer.step()\n"
