@@ -20,6 +20,6 @@ def test_bench_quick_writes_the_table(tmp_path: Path) -> None:
     for section in ("Record overhead", "Per-call and fixed costs", "Checkpoints", "Queries", "Replay",
                     "Prefect flow"):
         assert f"### {section}" in results, section
-    assert "| flor.log µs per call" in results
+    assert "| flor.log in a nested flor.loop: CPU µs per call" in results
     assert "| Measure | flor | baseline | FlorDB 4.0.1 |" in proc.stdout
     assert "error" not in [cell.strip() for line in results.splitlines() for cell in line.split("|")]
