@@ -53,7 +53,13 @@ def segment_task(segment: dict[str, Any], key: str, timeout_s: float | None = No
     return engine.run_segment(Segment.from_dict(segment), on_output=runtime.line_logger(), timeout=timeout_s)
 
 
-@flow(name="flor-replay-segment", flow_run_name="{key}", on_cancellation=[lambda *a: process.kill_all()],
+def _segment_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"replay-{flow_run.parameters.get('key')}"
+
+
+@flow(name="flor-replay-segment", flow_run_name=_segment_run_name, on_cancellation=[lambda *a: process.kill_all()],
       on_crashed=[lambda *a: process.kill_all()])
 def replay_segment(segment: dict[str, Any], key: str, timeout_s: float | None = None) -> dict[str, Any]:
     """One segment as its own flow run (fanned out to a pool); its result is written to the store."""

@@ -1,10 +1,10 @@
-"""A sweep fanned out through the `flor-run/flor-gpu` deployment to two pinned workers ("GPU 0", "GPU 1").
+"""A sweep and a replay fanned out through the deployments to two pinned workers ("GPU 0", "GPU 1").
 
 Needs a Prefect server: FLOR_TEST_PREFECT_API_URL (.ci/run starts one), else the session fixture starts
 `prefect server start` on a free port. The test creates the pool (through `flor worker`), deploys
 prefect.yaml with `prefect --no-prompt deploy --all`, runs a 4-member sweep with --pool, checks every
-member ran on exactly one device, no device ran two at once, every record landed, then stops the workers
-with one SIGTERM each.
+member ran on exactly one device, no device ran two at once, every record landed, replays two of the
+runs through `flor-replay-segment/flor-gpu`, then stops the workers with one SIGTERM each.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from flows_fixtures import (
     PREFECT,
     ROOT,
     SHORT,
+    add_accuracy,
     artifact,
     flor,
     flows_env,
@@ -57,7 +58,7 @@ def _wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float
     pytest.fail(f"worker never printed {text!r}:\n{path.read_text()[-3000:]}")
 
 
-def test_sweep_fans_out_to_one_worker_per_gpu(flows_server, repo, store, tmp_path):  # noqa: F811
+def test_sweep_and_replay_fan_out_to_one_worker_per_gpu(flows_server, repo, store, tmp_path, git):  # noqa: F811
     env = flows_env(PREFECT_API_URL=flows_server, PREFECT_WORKER_QUERY_SECONDS="1",
                     PREFECT_WORKER_PREFETCH_SECONDS="2", CUDA_VISIBLE_DEVICES="0,1")
     workers: list[tuple[subprocess.Popen, Path]] = []
@@ -116,6 +117,19 @@ def test_sweep_fans_out_to_one_worker_per_gpu(flows_server, repo, store, tmp_pat
             assert member["parent_task_run_id"], "member not linked to the sweep"
             assert artifact(member, f"flor-run-{n}")["type"] == "table"
             assert any("Accuracy of the network" in line for line in member["logs"])
+
+        # a replay through the deployments: each segment is a flor-replay-segment run on a worker
+        add_accuracy(repo, git)
+        proc = flor("replay", "accuracy", "--where", f"sweep = '{sweep}' AND hidden <= 16", "--pool", POOL,
+                    "--json", cwd=repo, env=env, timeout=900)
+        assert proc.returncode == 0, show(proc) + "".join(log.read_text()[-3000:] for _, log in workers)
+        replayed = {r["runid"]: r["status"] for r in json.loads(proc.stdout)}
+        assert replayed == {names[0]: "backfilled", names[1]: "backfilled"}
+        acc = dataframe("accuracy")
+        assert set(acc["runid"]) == set(names[:2]) and acc["accuracy"].notna().all()
+        segments = readback([f"replay-{n}-0" for n in names[:2]], env=env)
+        assert {r["flow"] for r in segments.values()} == {"flor-replay-segment"}
+        assert all(r["state"] == "COMPLETED" and r["parent_task_run_id"] for r in segments.values())
     finally:
         # one SIGTERM each must stop a worker (flor turns it into the two signals Prefect needs)
         survivors = []

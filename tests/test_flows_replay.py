@@ -6,16 +6,7 @@ import io
 import json
 
 import pandas as pd
-from flows_fixtures import flor, readback, show
-
-ACC = ('    print(f"Accuracy of', '    flor.log("accuracy", 100 * correct / total)\n    print(f"Accuracy of')
-
-
-def add_accuracy(repo, git) -> None:
-    """The hindsight statement: log the test accuracy after training (outside every loop), committed."""
-    path = repo / "train.py"
-    path.write_text(path.read_text().replace(*ACC, 1))
-    git(repo, "commit", "-qam", "log accuracy")
+from flows_fixtures import add_accuracy, flor, readback, show
 
 
 def test_replay_flow_backfills_past_runs(repo, store, run_script, git):
