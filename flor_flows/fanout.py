@@ -68,6 +68,18 @@ def ensure_deployment(flow_name: str, pool: str) -> str:
     return name
 
 
+def online_workers(pool: str) -> int:
+    """How many workers of the pool are online now (0 when the pool or its workers are missing)."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            return sum(1 for w in client.read_workers_for_work_pool(pool)
+                       if str(getattr(w.status, "value", w.status)).upper() == "ONLINE")
+    except Exception:
+        return 0
+
+
 def submit(deployment: str, parameters: dict[str, Any], *, name: str, env: dict[str, str] | None = None,
            tags: list[str] | None = None) -> UUID:
     """Schedule one run of a deployment now (linked to the calling flow run); return its id."""

@@ -95,6 +95,8 @@ def _local(segments: list[Segment], workers: int, timeout_s: float | None, progr
 
 def _remote(segments: list[Segment], pool: str, timeout_s: float | None, store: Store, progress) -> tuple[list, list]:
     deployment = fanout.ensure_deployment("flor-replay-segment", pool)
+    if not fanout.online_workers(pool):
+        runtime.run_logger().warning("no worker is online on pool %s: segments wait until one starts", pool)
     ids: dict[UUID, Segment] = {}
     results, errors = [], []
 

@@ -103,6 +103,9 @@ def _remote_row(store: Store, projid: str, sweep_id: str, name: str, config: dic
 def _run_remote(script: str, members: list[tuple[str, dict]], args: list[str], *, pool: str, projid: str,
                 sweep_id: str, cwd: str | None, timeout_s: float | None, store: str, progress) -> dict[str, dict]:
     deployment = fanout.ensure_deployment("flor-run", pool)
+    if not fanout.online_workers(pool):
+        runtime.run_logger().warning("no worker is online on pool %s: members wait until one starts "
+                                     "(flor worker --gpu 0 --pool %s)", pool, pool)
     ids: dict[UUID, tuple[str, dict]] = {}
     try:
         for name, config in members:

@@ -35,6 +35,9 @@ class ScriptFailed(FlorError):
         super().__init__(message)
         self.outcome = outcome
 
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.outcome))
+
 
 def new_name(prefix: str = "run") -> str:
     """A fresh run name in the library's style: prefix-YYYYmmdd-HHMMSS-xxxx."""

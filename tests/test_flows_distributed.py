@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime
@@ -78,6 +79,20 @@ def test_sweep_and_replay_fan_out_to_one_worker_per_gpu(flows_server, repo, stor
                                 capture_output=True, text=True, timeout=600)
         assert deploy.returncode == 0, show(deploy)
         assert "flor-run/flor-gpu" in deploy.stdout, show(deploy)
+
+        # with no `prefect deploy`, --pool creates the deployment itself (same entrypoint, shared-disk pull)
+        auto = f"flor-auto-{uuid.uuid4().hex[:6]}"
+        code = ("import json; from flor_flows.fanout import ensure_deployment\n"
+                "from prefect.client.orchestration import get_client\n"
+                f"name = ensure_deployment('flor-run', '{auto}')\n"
+                "with get_client(sync_client=True) as c:\n"
+                "    d = c.read_deployment_by_name(name)\n"
+                "    print(json.dumps([name, d.entrypoint, d.work_pool_name, d.pull_steps]))\n")
+        made = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert made.returncode == 0, show(made)
+        name, entry, pool, pull = json.loads(made.stdout.strip().splitlines()[-1])
+        assert (name, entry, pool) == (f"flor-run/{auto}", "flor_flows/training.py:training_run", auto)
+        assert pull == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
 
         sweep = f"dist-{uuid.uuid4().hex[:6]}"
         proc = flor("sweep", "train.py", "--grid", "hidden=8,16,24,32", "--pool", POOL, "--name", sweep, "--json",
