@@ -73,7 +73,7 @@ fi
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 set +e
-"$PY" -m pytest -p no:cacheprovider -q -ra "$@"
+"$PY" -m pytest -p no:cacheprovider -q -ra --durations=15 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
