@@ -164,6 +164,7 @@ def run(ctx: Ctx) -> list[Row]:
     out = ctx.work / "query.json"
     res: dict[str, dict[int, Sample]] = {}
     broken: dict[str, str] = {}  # system -> why its larger sizes were not attempted
+    broken_at: dict[str, int] = {}
     ctx.say(f"queries: {reps} x {calls} calls per size, flor{'/FlorDB' if ctx.flordb else ''} interleaved")
     for rep in range(reps):
         for n in sizes:
@@ -173,15 +174,16 @@ def run(ctx: Ctx) -> list[Row]:
             if ctx.flordb:
                 systems.append(("flordb", ctx.flordb_python, fdb_repos[n], fdb.env(base_env())))
             for system, python, cwd, env in systems:
-                if system in broken:
+                if n >= broken_at.get(system, n + 1):
                     continue
                 out.unlink(missing_ok=True)
                 try:
                     run_child([str(python), str(child), system, str(1 if n >= 1000 else calls), str(out)], cwd=cwd, env=env,
                               timeout=TIMEOUT_S, mem_gb=MEM_GB)
                 except BenchError as exc:
+                    broken_at[system] = n
                     broken[system] = f"failed at {n} runs (limits {MEM_GB} GB, {TIMEOUT_S} s): " + \
-                        " ".join(str(exc).splitlines()[1:])[-160:]
+                        str(exc).strip().splitlines()[-1].strip()[-160:]
                     ctx.say(f"queries: {system} {broken[system]}")
                     continue
                 got = json.loads(out.read_text())
