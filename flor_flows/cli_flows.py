@@ -40,19 +40,29 @@ def run(script: str = typer.Argument(..., help="The training script (a Python fi
         name: str | None = typer.Option(None, "--name", "-n", help="Run name (default: run-<time>-<hex>)."),
         timeout: float | None = typer.Option(None, "--timeout", help="Kill the run after this many seconds."),
         cwd: str | None = typer.Option(None, "--cwd", help="Working directory (default: the script's)."),
+        segments: str | None = typer.Option(None, "--segments", help="Split into segments of N outer iterations "
+                                            "(or 'auto': every FLOR_SEGMENT_MINUTES) that resume on retry."),
+        retries: int = typer.Option(0, "--retries", help="Retries per segment (each resumes from the last "
+                                    "checkpoint)."),
         json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON.")) -> None:
     """Record one training run as a Prefect flow (snapshot_code -> execute -> aggregate_logs).
 
     Example: `flor run train.py --name myFirstRun -- --hidden 75 --epochs 1`
+
+    Example: `flor run train.py --segments 2 --retries 3 -- --epochs 10` survives a killed worker process.
     """
     script = _check_script(script)
+    if segments is not None and segments != "auto" and not segments.isdigit():
+        raise FlorError(f"--segments {segments!r}: expected a number of outer iterations or 'auto'")
     from flor_flows import runtime
 
     runtime.prepare_env()
+    from flor_flows.segments import check_segmentable
     from flor_flows.training import new_name, training_run
 
+    check_segmentable(script, segments)
     state = runtime.call_flow(training_run, script=script, args=list(script_args or []), name=name or new_name(),
-                              timeout_s=timeout, cwd=cwd)
+                              timeout_s=timeout, cwd=cwd, segments=segments, retries=retries)
     if not state.is_completed():
         raise _flow_failure(state)
     item = state.result()

@@ -193,20 +193,39 @@ def _flow_run_name() -> str:
       on_crashed=[lambda *a: process.kill_all()])
 def training_run(script: str, args: list[str] | None = None, name: str | None = None, sweep: str | None = None,
                  cwd: str | None = None, timeout_s: float | None = None, store: str | None = None,
-                 resume: str | None = None) -> dict[str, Any]:
-    """Record one training run: snapshot the code, run the script, aggregate its records (flor run)."""
+                 resume: str | None = None, segments: str | int | None = None, retries: int = 0,
+                 retry_delay_s: float = 1.0) -> dict[str, Any]:
+    """Record one training run: snapshot the code, run the script, aggregate its records (flor run).
+
+    With segments (N outer iterations, or "auto"), execute is a chain of segment tasks whose retries
+    resume the run from its last checkpoint.
+    """
     script = str(Path(script).expanduser().resolve())
     name = name or new_name()
+    if segments:
+        from flor_flows.segments import check_segmentable
+
+        check_segmentable(script, segments)
     snap = snapshot_code(script)
-    state = execute(script, args or [], name=name, projid=snap["projid"], sweep=sweep, cwd=cwd,
-                    timeout_s=timeout_s, store=store, resume=resume, return_state=True)
-    if state.is_completed():
-        outcome = state.result()
+    if segments:
+        from flor_flows.segments import run_segments
+
+        try:
+            outcome = run_segments(script, args or [], name=name, projid=snap["projid"], segments=segments,
+                                   retries=retries, retry_delay_s=retry_delay_s, store=store, cwd=cwd,
+                                   timeout_s=timeout_s, sweep=sweep)
+        except ScriptFailed as exc:  # after the retries: the script's own error, once
+            outcome = exc.outcome
     else:
-        exc = state.result(raise_on_failure=False)
-        if not isinstance(exc, ScriptFailed):
-            raise exc if isinstance(exc, BaseException) else FlorError(state.message or "execute failed")
-        outcome = exc.outcome
+        state = execute(script, args or [], name=name, projid=snap["projid"], sweep=sweep, cwd=cwd,
+                        timeout_s=timeout_s, store=store, resume=resume, return_state=True)
+        if state.is_completed():
+            outcome = state.result()
+        else:
+            exc = state.result(raise_on_failure=False)
+            if not isinstance(exc, ScriptFailed):
+                raise exc if isinstance(exc, BaseException) else FlorError(state.message or "execute failed")
+            outcome = exc.outcome
     summary = aggregate_logs(snap["projid"], outcome["runid"], outcome["returncode"], store)
     summary.update(seconds=outcome["seconds"], name=name)
     if outcome["returncode"] != 0:

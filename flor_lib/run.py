@@ -50,6 +50,8 @@ class Run:
         self._restore_at: int | None = None
         stop = os.environ.get("FLOR_SEGMENT_STOP")
         self._segment_stop = int(stop) if stop else None  # end this process after that many outer iterations
+        budget = os.environ.get("FLOR_SEGMENT_SECONDS")
+        self._segment_deadline = time.perf_counter() + float(budget) if budget else None
         self._quiet = False  # a resumed attempt does not re-log what happened before its checkpoint
         self._closed = False
         self._lock = threading.Lock()
@@ -91,7 +93,9 @@ class Run:
         self.writer = ckpt.Writer(self._write_checkpoint)
         self.meta.setdefault("attempts", []).append(
             {"attempt": self.attempt, "start_seq": first_seq, "pid": os.getpid(), "host": socket.gethostname(),
-             "start": self.tstamp.isoformat(), "resumed_from": self._resume_point()["iter"] if resume else None})
+             "start": self.tstamp.isoformat(), "resumed_from": self._resume_point()["iter"] if resume else None,
+             "device": os.environ.get("CUDA_VISIBLE_DEVICES"), "segment": os.environ.get("FLOR_SEGMENT_INDEX"),
+             "worker": os.environ.get("FLOR_WORKER_NAME")})
         self.meta["status"] = "running"
         self._save_meta()
         self._install_exit_hooks()
@@ -294,6 +298,8 @@ class Run:
         """Checkpoint outer iteration index if the policy allows (always the last one)."""
         if not self.objects or self.replay is not None:
             return
+        if self._segment_deadline is not None and time.perf_counter() >= self._segment_deadline:
+            self._segment_stop = index + 1  # time is up: end the segment after this iteration, checkpointed
         last = (self._outer_len is not None and index == self._outer_len - 1) or (
             self._segment_stop is not None and index == self._segment_stop - 1)
         if not self.policy.should_save(index + 1, last):
