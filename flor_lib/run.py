@@ -106,12 +106,27 @@ class Run:
             return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
         values.check_name(name)
         runid, n = name, 1
-        while self.store.fs.exists(self.store.run_meta_path(self.projid, runid)):
+        while not self._claim(runid):
             n += 1
             runid = f"{name}-{n}"
         if runid != name:
             warn(f"a run named {name!r} exists already: this one is {runid!r}")
         return runid
+
+    def _claim(self, runid: str) -> bool:
+        """Reserve a runid; on a local store atomically, so two runs started at once never share one."""
+        path = self.store.run_meta_path(self.projid, runid)
+        if self.store.fs.exists(path):
+            return False
+        if not self.store.is_local:
+            return True
+        claim = Path(path).with_suffix(".claim")  # not *.json: listings never see a half-made run
+        claim.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            return False
 
     def _initial_meta(self) -> dict:
         torch = sys.modules.get("torch")
