@@ -57,16 +57,18 @@ def name_in_args(args: list[str]) -> str | None:
 def resolve_runid(store: Store, projid: str, name: str, pid: int) -> str | None:
     """The runid the process pid recorded under name (the library appends -2, -3 on a clash)."""
     host = socket.gethostname()
-    n = 1
-    while True:
+    for n in range(1, 10_000):
         runid = name if n == 1 else f"{name}-{n}"
+        path = store.run_meta_path(projid, runid)
         meta = store.run_meta(projid, runid)
         if meta is None:
+            if store.is_local and Path(path).with_suffix(".claim").exists():
+                continue  # claimed by a run that has not written (or never wrote) its metadata
             return None
         last = (meta.get("attempts") or [{}])[-1]
         if last.get("pid") == pid and last.get("host", host) == host:
             return runid
-        n += 1
+    return None
 
 
 def locate_project(script: str) -> versions.Project:
