@@ -109,9 +109,10 @@ class Store:
         print(f"flor: error: store {self.root} unreachable ({self.offline_reason}); recording into the local "
               f"spool {self.spool} and outbox {self.outbox}: `flor sync` uploads them later", file=sys.stderr)
 
-    def unreachable(self, exc: BaseException) -> FlorError:
+    def unreachable(self, exc: BaseException | str) -> FlorError:
         """The one-line error for a remote store that cannot be read."""
-        return FlorError(f"store {self.root} unreachable ({describe(exc)}): check the endpoint "
+        reason = exc if isinstance(exc, str) else describe(exc)
+        return FlorError(f"store {self.root} unreachable ({reason}): check the endpoint "
                          "(FLOR_S3_ENDPOINT_URL / AWS_ENDPOINT_URL) and AWS credentials")
 
     def check_writable(self) -> None:

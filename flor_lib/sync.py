@@ -10,6 +10,8 @@ the object of the same path, so running sync twice (or after a crash) neither lo
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 from flor_lib import compact
@@ -26,8 +28,9 @@ def _truncation(meta: dict | None) -> dict[int, int]:
 def sync(store: Store | None = None) -> dict:
     """Upload the offline outbox, finalize streams no live process writes, compact what changed; a report."""
     store = store or Store()
-    report: dict = {"store": store.root, "uploaded": 0, "finalized": 0, "records": 0, "dropped": 0,
-                    "running": 0, "live_uploaded": 0, "merged": 0, "conflicts": []}
+    report: dict = {"store": store.root, "landed": [], "records": 0, "finalized": 0, "still_running": [],
+                    "interrupted": [], "uploaded": 0, "live_uploaded": 0, "dropped": 0, "merged": 0,
+                    "conflicts": []}
     store.require_reachable()
     touched: set[str] = set()
     conflicts: set[tuple[str, str]] = set()
@@ -39,7 +42,7 @@ def sync(store: Store | None = None) -> dict:
         if (projid, runid) in conflicts:
             continue
         if stream_in_use(stream):  # its process still runs: refresh the copy other hosts see
-            report["running"] += 1
+            report["still_running"].append(runid)
             if store.remote:
                 store.upload_live(stream, stream.read_bytes())
                 report["live_uploaded"] += 1
@@ -52,16 +55,42 @@ def sync(store: Store | None = None) -> dict:
             report["dropped"] += 1
             continue
         attempt = compact._attempt(stream.name)
-        bound = _truncation(store.run_meta(projid, runid)).get(attempt) if attempt else None
+        meta = store.run_meta(projid, runid)
+        if _died(meta, attempt):  # its process is gone without closing the run
+            meta["status"] = "interrupted"
+            store.write_json(store.run_meta_path(projid, runid), meta)
+            report["interrupted"].append(runid)
+        bound = _truncation(meta).get(attempt) if attempt else None
         report["records"] += compact.finalize_stream(store, stream, bound)
         report["finalized"] += 1
+        report["landed"].append(runid)
         touched.add(projid)
     if store.remote:
         _drop_final_copies(store)
     for projid in sorted(touched):
         report["merged"] += compact.merge_project(store, projid)
         store.refresh_runs_index(projid, at_least=1)
+    if store.offline:  # it failed half-way: what it could not upload waits in the outbox again
+        raise store.unreachable(store.offline_reason or "it failed during sync")
     return report
+
+
+def _died(meta: dict | None, attempt: int | None) -> bool:
+    """Whether meta says running although the process of its latest attempt (this stream's) is gone."""
+    if not meta or meta.get("status") != "running" or not attempt or not meta.get("attempts"):
+        return False
+    last = meta["attempts"][-1]
+    if last.get("attempt") != attempt:
+        return False
+    if last.get("host") == socket.gethostname() and last.get("pid"):
+        try:
+            os.kill(int(last["pid"]), 0)
+            return False  # alive (it has not written a record yet, or closed its stream and is committing)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return True
 
 
 def _upload_outbox(store: Store, report: dict, conflicts: set[tuple[str, str]], touched: set[str]) -> None:

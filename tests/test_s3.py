@@ -360,7 +360,7 @@ def test_store_down_mid_run_then_sync(s3, proxy, tmp_path, moto_url):
     proxy.start()
     report = sync()
     assert report["finalized"] == 1 and report["records"] > 30 and report["uploaded"] >= 1, report
-    assert not report["conflicts"] and report["running"] == 0
+    assert not report["conflicts"] and not report["still_running"]
     df = flor.dataframe("loss")
     assert len(df) == 30 and not df.duplicated(["epoch", "step"]).any()
     meta = Store().find_run("outage")
@@ -421,7 +421,7 @@ def test_sync_then_resume_never_doubles(s3, proxy, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     report = sync()
-    assert report["finalized"] == 1 and report["running"] == 0, report
+    assert report["finalized"] == 1 and not report["still_running"] and report["interrupted"] == ["synced"], report
     before = flor.dataframe("loss")
     assert len(before) >= 15
     _run(repo, "--epochs", "5", "--sleep", "0.1", script="slow.py", env={"FLOR_RESUME": "synced", **env})
