@@ -10,7 +10,7 @@ import sys
 import click
 import typer
 
-from flor_flows import cli_flows, cli_query
+from flor_flows import cli_flows, cli_query, plot
 from flor_lib import config
 from flor_lib.errors import FlorError
 
@@ -33,6 +33,7 @@ app.command("dataframe")(cli_query.dataframe)
 app.command("sql")(cli_query.sql)
 app.command("resume")(cli_flows.resume)
 app.command("sync")(cli_flows.sync)
+app.command("plot")(plot.plot)
 
 _HINTS = {"No such option": " (the script's own flags go after --, e.g. flor run train.py -- --hidden 75)"}
 
