@@ -98,6 +98,9 @@ def _upload_outbox(store: Store, report: dict, conflicts: set[tuple[str, str]], 
     if not root.exists():
         return
     files = sorted(p for p in root.rglob("*") if p.is_file() and ".tmp-" not in p.name)
+    for p in [p for p in files if p.suffix == ".claim" or p.name.startswith(".probe")]:
+        p.unlink()  # host-local bookkeeping of an offline run (run-id claims, write probes)
+        files.remove(p)
     metas = [p for p in files if p.relative_to(root).parts[0] == "runs"]
     for m in metas:  # an offline run whose id another host took meanwhile: leave it here, report it
         projid, runid = m.relative_to(root).parts[1], m.stem

@@ -547,3 +547,21 @@ def test_query_requests_at_200_runs(s3, proxy, tmp_path, monkeypatch):
           f"{compaction}; compacted {compacted} (repeat on this host {repeat})")
     assert per_run_files >= 2 * runs
     assert compacted <= 3 + 2 * projects + 1 and repeat <= 3 + 1
+
+
+def test_sync_reports_a_name_taken_meanwhile(s3, proxy):
+    """An offline run whose id another host recorded meanwhile is reported and kept, never overwritten."""
+    from flor_lib.store import Store
+    from flor_lib.sync import sync
+
+    store = Store()
+    store.write_json(store.run_meta_path("p", "same"), {"projid": "p", "runid": "same", "tstamp": "A"})
+    (store.outbox / "runs" / "p").mkdir(parents=True)
+    (store.outbox / "runs" / "p" / "same.json").write_text('{"projid": "p", "runid": "same", "tstamp": "B"}')
+    (store.outbox / "checkpoints" / "p" / "same").mkdir(parents=True)
+    (store.outbox / "checkpoints" / "p" / "same" / "i000000.pt").write_bytes(b"x")
+    report = sync()
+    assert report["uploaded"] == 0 and len(report["conflicts"]) == 1 and "p/same" in report["conflicts"][0]
+    assert store.run_meta("p", "same")["tstamp"] == "A"
+    assert (store.outbox / "runs" / "p" / "same.json").exists()
+    assert not store.fs.exists(store.path("checkpoints", "p", "same", "i000000.pt"))
