@@ -163,9 +163,7 @@ def run(ctx: Ctx) -> list[Row]:
     child = WORKLOADS / "query_child.py"
     out = ctx.work / "query.json"
     res: dict[str, dict[int, Sample]] = {}
-    broken: dict[str, str] = {}  # system -> why its larger sizes were not attempted
-    broken_at: dict[str, int] = {}
-    ctx.say(f"queries: {reps} x {calls} calls per size, flor{'/FlorDB' if ctx.flordb else ''} interleaved")
+    errors: dict[str, tuple[int, str]] = {}  # "system:call" -> (first size it failed at, why)
     for rep in range(reps):
         for n in sizes:
             if n >= 1000 and rep > 0:  # FlorDB's dataframe takes minutes there: one pair only
@@ -174,24 +172,25 @@ def run(ctx: Ctx) -> list[Row]:
             if ctx.flordb:
                 systems.append(("flordb", ctx.flordb_python, fdb_repos[n], fdb.env(base_env())))
             for system, python, cwd, env in systems:
-                if n >= broken_at.get(system, n + 1):
+                if all(n >= errors.get(f"{system}:{w}", (n + 1,))[0] for w in ("sql", "dataframe")):
                     continue
                 out.unlink(missing_ok=True)
                 try:
-                    run_child([str(python), str(child), system, str(1 if n >= 1000 else calls), str(out)], cwd=cwd, env=env,
-                              timeout=TIMEOUT_S, mem_gb=MEM_GB)
+                    run_child([str(python), str(child), system, str(1 if n >= 1000 else calls), str(out)], cwd=cwd,
+                              env=env, timeout=TIMEOUT_S, mem_gb=MEM_GB)
+                    got = json.loads(out.read_text())
                 except BenchError as exc:
-                    broken_at[system] = n
-                    broken[system] = f"failed at {n} runs (limits {MEM_GB} GB, {TIMEOUT_S} s): " + \
-                        str(exc).strip().splitlines()[-1].strip()[-160:]
-                    ctx.say(f"queries: {system} {broken[system]}")
-                    continue
-                got = json.loads(out.read_text())
+                    why = str(exc).strip().splitlines()[-1].strip()[-160:]
+                    got = {"errors": {"sql": why, "dataframe": why}, "rows": {}}
+                for what, why in got["errors"].items():
+                    errors.setdefault(f"{system}:{what}", (n, f"{why} (at {n} runs; {MEM_GB} GB cap)"))
+                    ctx.say(f"queries: {system} {what} failed at {n} runs: {why}")
                 expect = {"dataframe": n * epochs * steps, "sql": n}
-                if got["rows"] != expect:
-                    raise BenchError(f"{system} over {n} runs returned {got['rows']} rows, expected {expect}")
                 for what in ("dataframe", "sql"):
-                    for t in got[what]:
+                    if what in got["rows"] and got["rows"][what] != expect[what]:
+                        raise BenchError(f"{system} {what} over {n} runs returned {got['rows'][what]} rows, "
+                                         f"expected {expect[what]}")
+                    for t in got.get(what, []):
                         res.setdefault(f"{system}:{what}", {}).setdefault(n, Sample()).add(t)
     ctx.data["queries"] = {k: {n: s.values for n, s in v.items()} for k, v in res.items()}
     rows = []
@@ -200,14 +199,16 @@ def run(ctx: Ctx) -> list[Row]:
         for n in sizes:
             f = res.get(f"flor:{what}", {}).get(n)
             d = res.get(f"flordb:{what}", {}).get(n)
-            flor_cell = fmt_sample(f, "s") if f else "error: " + broken.get("flor", "?")
+            flor_err = errors.get(f"flor:{what}", (0, "?"))[1]
+            fdb_err = errors.get(f"flordb:{what}")
+            flor_cell = fmt_sample(f, "s") if f else f"error: {flor_err}"
             fdb_cell = (fmt_sample(d, "s") + f" ({fdb_label})") if d else \
-                (f"error: {broken['flordb']}" if "flordb" in broken else ctx.na())
+                (f"error: {fdb_err[1]}" if fdb_err else ctx.na())
             rows.append(Row("Queries", f"{label}, {n} runs x {epochs * (steps + 1)} records, s", flor=flor_cell,
                             flordb=fdb_cell, flordb_vs=(fmt_ratio(_ratio(d, f)) + " of flor") if d and f else "-",
                             failed=not f))
-    if "flor" in broken:
-        ctx.notes.append(f"flor queries {broken['flor']}")
+    for key, (_n, why) in errors.items():
+        ctx.notes.append(f"{key.replace(':', ' ')} failed: {why}")
     return rows
 
 

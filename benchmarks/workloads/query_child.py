@@ -28,12 +28,19 @@ else:
         return flor.query("SELECT tstamp, max(CAST(value AS REAL)) AS m FROM logs "
                           "WHERE value_name = 'loss' GROUP BY 1")
 
-result = {"dataframe": [], "sql": [], "rows": {}}
+result = {"dataframe": [], "sql": [], "rows": {}, "errors": {}}
 for _ in range(calls):
-    for name, fn in (("dataframe", frame), ("sql", sql)):
+    for name, fn in (("sql", sql), ("dataframe", frame)):  # the cheap one first: a failing call ends nothing else
+        if name in result["errors"]:
+            continue
         t0 = time.perf_counter()
-        df = fn()
+        try:
+            df = fn()
+        except (MemoryError, Exception) as exc:  # reported as the figure for this size
+            result["errors"][name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            continue
         result[name].append(time.perf_counter() - t0)
         result["rows"][name] = 0 if df is None else len(df)
+        del df
 with open(out, "w") as f:
     json.dump(result, f)

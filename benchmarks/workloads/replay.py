@@ -16,7 +16,6 @@ from common import (
     PYTHON,
     ROOT,
     BenchError,
-    Sample,
     base_env,
     commit_all,
     fmt_ratio,
@@ -69,8 +68,8 @@ class Bench:
         (self.repo / "train.py").write_text(script.patched())
         commit_all(self.repo, "hindsight statements")
 
-    def replay(self, names: list[str], where: str, workers: int, expect: dict) -> float:
-        """Wall seconds of one replay command from a fresh copy of the recorded store."""
+    def replay(self, names: list[str], where: str, workers: int, expect: dict) -> dict:
+        """Wall and CPU seconds of one replay command (segments included) from a fresh copy of the recorded store."""
         store = self.ctx.work / "store-replay"
         shutil.rmtree(store, ignore_errors=True)
         shutil.copytree(self.recorded, store)
@@ -79,7 +78,7 @@ class Bench:
         got = json.loads(c.out.strip().splitlines()[-1])
         if got != expect:
             raise BenchError(f"replay {names} where {where!r}: backfilled {got}, expected {expect}")
-        return c.wall
+        return {"s": c.wall, "cpu": c.cpu}
 
     def rerun(self, rep: int) -> dict:
         """Recording the patched script from scratch: what a replay saves."""
@@ -87,7 +86,7 @@ class Bench:
         shutil.rmtree(store, ignore_errors=True)
         c = run_child([PYTHON, "train.py", "--flor", f"rerun-{rep}", *fdb.flor_cli_args(self.script.args)],
                       cwd=self.repo, env=base_env(FLOR_STORE=str(store), PYTHONPATH=str(ROOT)))
-        return {"s": c.wall}
+        return {"s": c.wall, "cpu": c.cpu}
 
 
 def run(ctx: Ctx) -> list[Row]:
@@ -100,8 +99,8 @@ def run(ctx: Ctx) -> list[Row]:
     if ctx.quick:  # smoke: all three statements in one replay of one run
         b = Bench(ctx, script, 1)
         names = [script.statements[lv][0] for lv in LEVELS]
-        res = interleave({"rerun": b.rerun, "all": lambda rep: {"s": b.replay(
-            names, "runid = 'rp-0'", 2, {script.statements[lv][0]: per_run[lv] for lv in LEVELS})}}, 1)
+        res = interleave({"rerun": b.rerun, "all": lambda rep: b.replay(
+            names, "runid = 'rp-0'", 2, {script.statements[lv][0]: per_run[lv] for lv in LEVELS})}, 1)
         return [Row(SECTION, f"{script.label}: all three statements in one replay of one run, wall s",
                     flor=fmt_sample(res["all"]["s"], "s"), base=fmt_sample(res["rerun"]["s"], "s") + " re-run",
                     flordb=ctx.na(), flor_vs=fmt_ratio(ratios(res["rerun"]["s"], res["all"]["s"])) + " speed-up")]
@@ -109,29 +108,34 @@ def run(ctx: Ctx) -> list[Row]:
     variants = {"rerun": b.rerun}
     for level in LEVELS:
         name = script.statements[level][0]
-        variants[level] = (lambda nm, n: lambda rep: {"s": b.replay([nm], "runid = 'rp-0'", 2, {nm: n})})(
+        variants[level] = (lambda nm, n: lambda rep: b.replay([nm], "runid = 'rp-0'", 2, {nm: n}))(
             name, per_run[level])
+    if ctx.flordb:  # interleaved with flor's, so both see the same machine load
+        variants.update({f"fdb:{k}": v for k, v in flordb_variants(ctx, script).items()})
     reps = min(ctx.reps, 2)
-    ctx.say(f"replay: {reps} x re-run/after/epoch/inner of one run")
+    ctx.say(f"replay: {reps} x {'/'.join(variants)} of one run")
     res = interleave(variants, reps)
-    fdb_res = flordb_replays(ctx, script, 1) if ctx.flordb else {}  # FlorDB replay = a full re-run; one pair
+    failed = ctx.data.get("flordb_replay_failed", {})
     rows = []
-    base = res["rerun"]["s"]
-    for level in LEVELS:
-        f, d = res[level]["s"], fdb_res.get(level)
-        fdb_cell = fmt_sample(d, "s") if d else ctx.na()
-        if level in ctx.data.get("flordb_replay_failed", {}):
-            fdb_cell = "failed: " + ctx.data["flordb_replay_failed"][level][-80:]
-        rows.append(Row(SECTION, f"{script.label}, {LEVELS[level]}: replay one run, wall s", flor=fmt_sample(f, "s"),
-                        base=fmt_sample(base, "s") + " re-run", flordb=fdb_cell,
-                        flor_vs=fmt_ratio(ratios(base, f)) + " speed-up",
-                        flordb_vs=(fmt_ratio(ratios(fdb_res["rerun"], d)) + " speed-up") if d else "-",
-                        target=TARGETS[level]))
-    if fdb_res:
-        rows.append(Row(SECTION, "FlorDB: recording the patched script from scratch (its re-run), wall s",
-                        flordb=fmt_sample(fdb_res["rerun"], "s")))
-    ctx.data["replay"] = {"rerun": base.values, **{lv: res[lv]["s"].values for lv in LEVELS},
-                          "flordb": {k: v.values for k, v in fdb_res.items()}}
+    for key, unit in (("s", "wall s"), ("cpu", "CPU s (all processes)")):
+        base = res["rerun"][key]
+        fbase = res.get("fdb:rerun", {}).get(key)
+        for level in LEVELS:
+            f, d = res[level][key], res.get(f"fdb:{level}", {}).get(key)
+            fdb_cell = fmt_sample(d, "s") if d else ctx.na()
+            if level in failed:
+                fdb_cell = "failed: " + failed[level][-80:]
+            rows.append(Row(SECTION, f"{script.label}, {LEVELS[level]}: replay one run, {unit}",
+                            flor=fmt_sample(f, "s"), base=fmt_sample(base, "s") + " re-run", flordb=fdb_cell,
+                            flor_vs=fmt_ratio(ratios(base, f)) + " speed-up",
+                            flordb_vs=(fmt_ratio(ratios(fbase, d)) + " speed-up") if d and fbase else "-",
+                            target=TARGETS[level] if key == "s" else ""))
+        if fbase:
+            rows.append(Row(SECTION, f"FlorDB's re-run (recording the patched script from scratch), {unit}",
+                            flordb=fmt_sample(fbase, "s")))
+    ctx.data["replay"] = {"rerun": res["rerun"]["s"].values, **{lv: res[lv]["s"].values for lv in LEVELS},
+                          "flordb": {k.split(":", 1)[1]: v["s"].values for k, v in res.items()
+                                     if k.startswith("fdb:") and "s" in v}}
     rows += scale_out(ctx, b, per_run, reps)
     return rows
 
@@ -141,7 +145,7 @@ def scale_out(ctx: Ctx, b: Bench, per_run: dict, reps: int) -> list[Row]:
     expect = {name: len(LRS) * per_run["inner"]}
 
     def with_workers(w: int):
-        return lambda rep: {"s": b.replay([name], "", w, expect)}
+        return lambda rep: b.replay([name], "", w, expect)
 
     ctx.say(f"replay: {reps} x workers 1/2 over {len(LRS)} runs ({name})")
     res = interleave({1: with_workers(1), 2: with_workers(2)}, reps)
@@ -153,22 +157,22 @@ def scale_out(ctx: Ctx, b: Bench, per_run: dict, reps: int) -> list[Row]:
                 flor_vs=fmt_ratio(ratios(one, two)) + " speed-up", target=">= 1.6x on 2 cores")]
 
 
-def flordb_replays(ctx: Ctx, script: scripts.Script, reps: int) -> dict[str, Sample]:
-    """FlorDB 4.0.1: record one run, then replay each statement (it always re-executes the whole run)."""
+def flordb_variants(ctx: Ctx, script: scripts.Script) -> dict:
+    """FlorDB 4.0.1: record one run, then a re-run and a replay of each statement (it re-executes the run)."""
     repo = scratch_repo(ctx.work / "replay-flordb", {"train.py": fdb.adapt_script(script.source)},
                         ignore=[".flor/obj_store/"])
     env = fdb.env(base_env())
-    ctx.say("replay: FlorDB records one run, then replays each statement")
+    ctx.say("replay: FlorDB records one run")
     run_child([str(ctx.flordb_python), "train.py", *fdb.cli_args(script.args)], cwd=repo, env=env)
     patched = fdb.adapt_script(script.patched())
     (repo / "train.py").write_text(patched)
     rerun_repo = scratch_repo(ctx.work / "replay-flordb-rerun", {"train.py": patched}, ignore=[".flor/obj_store/"])
 
     def rerun(rep: int) -> dict:
-        return {"s": run_child([str(ctx.flordb_python), "train.py", *fdb.cli_args(script.args)], cwd=rerun_repo,
-                               env=env).wall}
+        c = run_child([str(ctx.flordb_python), "train.py", *fdb.cli_args(script.args)], cwd=rerun_repo, env=env)
+        return {"s": c.wall, "cpu": c.cpu}
 
-    failed: dict[str, str] = {}
+    failed: dict[str, str] = ctx.data.setdefault("flordb_replay_failed", {})
 
     def replay(level: str):
         name = script.statements[level][0]
@@ -177,14 +181,12 @@ def flordb_replays(ctx: Ctx, script: scripts.Script, reps: int) -> dict[str, Sam
             if level in failed:
                 return {}
             try:
-                return {"s": fdb.replay(repo, [name], base_env(), FDB_ITERS[level]).wall}
+                c = fdb.replay(repo, [name], base_env(), FDB_ITERS[level])
+                return {"s": c.wall, "cpu": c.cpu}
             except BenchError as exc:  # FlorDB's own limits are results, not suite failures
                 failed[level] = " ".join(str(exc).split())[-140:]
                 ctx.notes.append(f"FlorDB replay of {name} ({LEVELS[level]}): {failed[level]}")
                 return {}
         return go
 
-    variants = {"rerun": rerun, **{level: replay(level) for level in LEVELS}}
-    res = interleave(variants, reps)
-    ctx.data["flordb_replay_failed"] = failed
-    return {k: v["s"] for k, v in res.items() if "s" in v}
+    return {"rerun": rerun, **{level: replay(level) for level in LEVELS}}
