@@ -73,7 +73,8 @@ fi
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 set +e
-"$PY" -m pytest -p no:cacheprovider -q -ra --durations=15 "$@"
+# two workers, whole files each (module fixtures run once; the tests are subprocess-bound)
+"$PY" -m pytest -p no:cacheprovider -q -ra --durations=15 -n "${FLOR_TEST_WORKERS:-2}" --dist loadfile "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
