@@ -329,6 +329,8 @@ class Run:
     def _write_checkpoint(self, index: int, state: dict, seq: int, copy_s: float) -> None:
         t0 = time.perf_counter()
         self.buffer.flush()  # records logged before the checkpoint become durable first
+        if not self.store.is_local:
+            self.buffer.mirror_now(force=True)  # ...on the store too, so any host can resume from it
         data = ckpt.serialize(state)
         path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/i{index:06d}.pt"
         self.store.write_bytes(path, data)
@@ -342,7 +344,7 @@ class Run:
     def _read_checkpoint(self, entry: dict) -> bytes:
         path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/{entry['path']}"
         try:
-            return self.store.fs.cat_file(path)
+            return self.store.fetch_cached(path, version=f"{entry['attempt']}-{entry['seq']}-{entry['bytes']}")
         except FileNotFoundError as exc:
             raise FlorError(f"checkpoint {entry['path']} of run {self.runid} is missing") from exc
 

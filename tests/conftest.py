@@ -74,7 +74,8 @@ for _var in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):  # the em
 _FLOR_VARS = [
     "FLOR_STORE", "FLOR_RUN_NAME", "FLOR_RESUME", "FLOR_DEFER_AGGREGATE", "FLOR_SWEEP", "FLOR_REPLAY",
     "FLOR_EPSILON", "FLOR_FLUSH_SECONDS", "FLOR_MAX_FILE_MB", "FLOR_SHADOW_BRANCH", "FLOR_DEBUG",
-    "FLOR_UNSAFE_LOAD", "FLOR_STORE_SECRETS", "FLOR_S3_ENDPOINT_URL",
+    "FLOR_UNSAFE_LOAD", "FLOR_STORE_SECRETS", "FLOR_S3_ENDPOINT_URL", "FLOR_CACHE_DIR", "FLOR_UPLOAD_SECONDS",
+    "FLOR_QUERY_CACHE", "FLOR_SEGMENT_STOP", "FLOR_SEGMENT_SECONDS", "FLOR_SEGMENT_INDEX",
 ]
 
 
@@ -103,6 +104,7 @@ def _hermetic_env(monkeypatch, tmp_path_factory):
         monkeypatch.delenv(var, raising=False)
     path = tmp_path_factory.mktemp("store")
     monkeypatch.setenv("FLOR_STORE", str(path))
+    monkeypatch.setenv("FLOR_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))  # spools of S3 stores
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
     return path
 

@@ -144,9 +144,8 @@ class ReplayMode:
         if entry is None:
             raise FlorError(f"run {self.seg.runid} has no checkpoint at iteration {index}")
         path = f"{self.store.checkpoint_dir(self.seg.projid, self.seg.runid)}/{entry['path']}"
-        fetch = getattr(self.store, "fetch_cached", None)
         try:
-            data = fetch(path) if fetch else self.store.fs.cat_file(path)
+            data = self.store.fetch_cached(path, version=f"{entry['attempt']}-{entry['seq']}-{entry['bytes']}")
         except FileNotFoundError as exc:
             raise FlorError(f"checkpoint {entry['path']} of run {self.seg.runid} is missing: "
                             "replay again to fall back to an earlier one") from exc
