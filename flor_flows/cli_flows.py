@@ -137,18 +137,23 @@ def replay(names: list[str] = typer.Argument(..., help="The logged names to back
     Examples: `flor replay accuracy --where "lr = 0.001"` | `flor replay grad_norm --dry-run` |
     `flor replay device accuracy --pool flor-gpu`
     """
-    if dry_run:
-        from flor_lib.replay.engine import plan_replay
+    from flor_lib.replay.engine import plan_replay
 
-        print(plan_replay(list(names), where=where, force=force, workers=workers, script=script).describe())
+    plan = plan_replay(list(names), where=where, force=force, workers=workers, script=script)  # user errors first
+    if dry_run:
+        print(plan.describe())
+        return
+    if not plan.segments:
+        print(plan.describe(), file=sys.stderr)
+        print("flor: nothing to replay", file=sys.stderr)
         return
     from flor_flows import runtime
 
     runtime.prepare_env()
-    from flor_flows.replay import replay_flow, replay_rows
+    from flor_flows.replay import hand_over, replay_flow, replay_rows
 
     state = runtime.call_flow(replay_flow, names=list(names), where=where, workers=workers, pool=pool, force=force,
-                              script=script)
+                              script=script, replay_id=hand_over(plan))
     rows = replay_rows(state)
     if json_out:
         print_json(rows)
@@ -182,14 +187,16 @@ def worker(gpu: int | None = typer.Option(None, "--gpu", help="The GPU this work
     raise typer.Exit(run_worker(gpu=gpu, pool=pool, name=name, limit=limit, grace=grace))
 
 
-def resume(runid: str = typer.Argument(..., help="The killed or failed run to continue.")) -> None:
+def resume(runid: str = typer.Argument(..., help="The killed or failed run to continue."),
+           script_args: list[str] = typer.Argument(None, help="After --: values of secret args (recorded masked).",
+                                                   show_default=False)) -> None:
     """Continue a killed or failed run from its last checkpoint, with its recorded args and code version.
 
-    Example: `flor resume myFirstRun`
+    Examples: `flor resume myFirstRun` | `flor resume run2 -- --api_token $TOKEN` (secrets are not stored)
     """
     from flor_flows.recover import resume as do_resume
 
-    code = do_resume(runid)
+    code = do_resume(runid, extra=list(script_args or []))
     if code != 0:
         err = FlorError(f"the resumed run {runid} exited with {code}")
         err.exit_code = 1

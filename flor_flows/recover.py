@@ -53,10 +53,43 @@ def version_checkout(repo: Path, vid: str, branch: str | None) -> Iterator[Path]
         _git(repo, "worktree", "prune")
 
 
-def resume(runid: str, on_line: Callable[[str], None] | None = None, store: Store | None = None) -> int:
+def masked_args(meta: dict) -> list[str]:
+    """Args whose values were masked as secrets when the run was recorded (in its args or its argv)."""
+    from flor_lib.args import parse_cli
+
+    found = dict(parse_cli(list(meta.get("argv") or [])))
+    found.update(meta.get("args") or {})
+    return sorted(k for k, v in found.items() if v == "***")
+
+
+def resume_argv(meta: dict, extra: list[str]) -> list[str]:
+    """The recorded argv without masked secret values, plus the extra words (which must supply them)."""
+    from flor_lib.args import parse_cli
+
+    masked = set(masked_args(meta))
+    missing = sorted(masked - set(parse_cli(extra)))
+    if missing:
+        flags = " ".join(f"--{m} VALUE" for m in missing)
+        raise FlorError(f"run {meta['runid']} was recorded with the secret arg(s) {', '.join(missing)} masked: "
+                        f"give them again, e.g. `flor resume {meta['runid']} -- {flags}`")
+    argv, words, i = [], list(meta.get("argv") or []), 0
+    while i < len(words):
+        word = words[i]
+        key = word[2:].split("=", 1)[0].replace("-", "_") if word.startswith("--") else None
+        if key in masked:
+            i += 1 if "=" in word else 2
+            continue
+        argv.append(word)
+        i += 1
+    return argv + list(extra)
+
+
+def resume(runid: str, on_line: Callable[[str], None] | None = None, store: Store | None = None,
+           extra: list[str] | None = None) -> int:
     """Re-launch a run's script with its recorded args and FLOR_RESUME=runid; return the exit code.
 
     When the script in the repository changed since the run, it runs from a worktree of the run's vid.
+    Secret args that were masked in the metadata must be given again in extra.
     """
     store = store or Store()
     meta = store.find_run(runid)
@@ -67,12 +100,13 @@ def resume(runid: str, on_line: Callable[[str], None] | None = None, store: Stor
     if not meta.get("repo"):
         raise FlorError(f"run {runid} was recorded outside a git repository: flor cannot find its script")
     repo, relpath, vid = Path(meta["repo"]), meta["filename"], meta.get("vid")
+    argv = resume_argv(meta, list(extra or []))
     env = {"FLOR_RESUME": meta["runid"], "FLOR_STORE": store.root}
     echo = on_line or print
 
     def launch(root: Path) -> int:
         script = root / relpath
-        out = process.launch(process.python_command(script, meta.get("argv") or []), cwd=script.parent, env=env,
+        out = process.launch(process.python_command(script, argv), cwd=script.parent, env=env,
                              on_line=echo)
         return out.returncode
 

@@ -32,6 +32,14 @@ from flor_lib.replay import engine
 from flor_lib.replay.segment import Segment
 from flor_lib.store import Store
 
+_PLANNED: dict[str, engine.ReplayPlan] = {}  # plans made by the caller in this process, by replay_id
+
+
+def hand_over(p: engine.ReplayPlan) -> str:
+    """Give a plan made before the flow (so user errors surface before Prefect starts) to replay_flow."""
+    _PLANNED[p.replay_id] = p
+    return p.replay_id
+
 
 def result_path(store: Store, replay_id: str, key: str) -> str:
     """Where a pool-run segment leaves its result for the replay flow."""
@@ -40,9 +48,11 @@ def result_path(store: Store, replay_id: str, key: str) -> str:
 
 @task(name="plan_replay", cache_policy=NO_CACHE)
 def plan(names: list[str], where: str | None = None, force: bool = False, workers: int = 2,
-         script: str | None = None, store: str | None = None) -> engine.ReplayPlan:
+         script: str | None = None, store: str | None = None, replay_id: str | None = None) -> engine.ReplayPlan:
     """Select the runs, transplant the new statements into their versions, and split them into segments."""
-    p = engine.plan_replay(names, where=where, force=force, workers=workers, store=Store(store), script=script)
+    p = _PLANNED.pop(replay_id, None) if replay_id else None
+    if p is None:
+        p = engine.plan_replay(names, where=where, force=force, workers=workers, store=Store(store), script=script)
     runtime.run_logger().info("%s", p.describe())
     return p
 
@@ -129,12 +139,15 @@ def _remote(segments: list[Segment], pool: str, timeout_s: float | None, store: 
       on_cancellation=[lambda *a: process.kill_all()], on_crashed=[lambda *a: process.kill_all()])
 def replay_flow(names: list[str], where: str | None = None, workers: int = 2, pool: str | None = None,
                 force: bool = False, script: str | None = None, timeout_s: float | None = None,
-                store: str | None = None) -> list[dict[str, Any]]:
-    """Backfill logged names into past runs (flor replay); publish progress and a per-run summary."""
+                store: str | None = None, replay_id: str | None = None) -> list[dict[str, Any]]:
+    """Backfill logged names into past runs (flor replay); publish progress and a per-run summary.
+
+    replay_id names a plan the caller made in this process (hand_over); otherwise the flow plans.
+    """
     from flor_flows.training import environment_store
 
     st = Store(store or environment_store())
-    p = plan(list(names), where, force, workers, script, st.root)
+    p = plan(list(names), where, force, workers, script, st.root, replay_id)
     if not p.segments:
         rows = engine.finish_replay(p, [], store=st).to_dict(orient="records") if p.skipped else []
         create_markdown_artifact(f"Nothing to replay.\n\n```\n{p.describe()}\n```",

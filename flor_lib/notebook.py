@@ -50,10 +50,10 @@ def replay(names: str | Sequence[str], where: str | None = None, *, workers: int
            force: bool = False, script: str | None = None, dry_run: bool = False) -> Any:
     """Backfill logged names into the runs matching where, as a replay flow; return a summary per run."""
     names = [names] if isinstance(names, str) else list(names)
-    if dry_run:
-        from flor_lib.replay.engine import plan_replay
+    from flor_lib.replay.engine import plan_replay
 
-        plan = plan_replay(names, where=where, force=force, workers=workers, script=script)
+    plan = plan_replay(names, where=where, force=force, workers=workers, script=script)
+    if dry_run or not plan.segments:
         print(plan.describe())
         return plan
     import warnings
@@ -63,10 +63,10 @@ def replay(names: str | Sequence[str], where: str | None = None, *, workers: int
     from flor_flows import runtime
 
     runtime.prepare_env()
-    from flor_flows.replay import replay_flow, replay_rows
+    from flor_flows.replay import hand_over, replay_flow, replay_rows
 
     state = runtime.call_flow(replay_flow, names=names, where=where, workers=workers, pool=pool, force=force,
-                              script=script)
+                              script=script, replay_id=hand_over(plan))
     rows = replay_rows(state)
     if not state.is_completed():
         warnings.warn(state.message or "some segments failed", stacklevel=2)

@@ -151,3 +151,19 @@ def test_resolve_runid_follows_the_librarys_suffixes(tmp_path):
     assert resolve_runid(st, "p", "exp", 33) is None
     assert name_in_args(["--lr", "1", "--flor", "mine"]) == "mine" and name_in_args(["--flor=x"]) == "x"
     assert name_in_args(["--hidden", "3"]) is None
+
+
+def test_resume_takes_masked_secrets_anew():
+    from flor_flows.recover import masked_args, resume_argv
+
+    meta = {"runid": "tok", "argv": ["--lr", "0.1", "--api_token", "***", "--db_password=***"],
+            "args": {"lr": 0.1}}
+    assert masked_args(meta) == ["api_token", "db_password"]
+    with pytest.raises(FlorError, match="api_token, db_password") as err:
+        resume_argv(meta, [])
+    assert "flor resume tok -- --api_token VALUE --db_password VALUE" in str(err.value)
+    with pytest.raises(FlorError, match="db_password"):
+        resume_argv(meta, ["--api_token", "T"])
+    assert resume_argv(meta, ["--api_token", "T", "--db_password=P"]) == [
+        "--lr", "0.1", "--api_token", "T", "--db_password=P"]
+    assert resume_argv({"runid": "r", "argv": ["--hidden", "3"], "args": {"hidden": 3}}, []) == ["--hidden", "3"]
