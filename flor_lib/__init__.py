@@ -27,6 +27,22 @@ def _take_flags() -> dict[str, str]:
 _flags = _take_flags()
 
 
+def _one_line_errors() -> None:
+    # a FlorError reaching the top of a script is a user error: one line, a traceback only with FLOR_DEBUG=1
+    previous = sys.excepthook
+
+    def hook(kind, exc, tb):
+        if issubclass(kind, FlorError) and os.environ.get("FLOR_DEBUG", "") in ("", "0", "false"):
+            print(f"flor: error: {exc}", file=sys.stderr)
+            return
+        previous(kind, exc, tb)
+
+    sys.excepthook = hook
+
+
+_one_line_errors()
+
+
 def _current():
     global _run
     if _run is None:

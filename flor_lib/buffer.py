@@ -74,7 +74,12 @@ class RecordBuffer:
                 rows, self._rows = self._rows, []
                 bound = self._seq
             if rows:
-                self._write(rows)
+                try:
+                    self._write(rows)
+                except BaseException:
+                    with self._lock:  # keep them for the next flush (a full disk may free up)
+                        self._rows[:0] = rows
+                    raise
             self.flushed_seq = bound
             return bound
 
@@ -137,6 +142,13 @@ class RecordBuffer:
         os.fsync(self._sink.fileno())
 
     def _to_batch(self, rows: list[Row]) -> pa.RecordBatch:
+        try:
+            return self._build_batch(rows)
+        except (UnicodeEncodeError, pa.ArrowException):
+            # one string UTF-8 cannot encode (a lone surrogate) must not take the batch with it
+            return self._build_batch([(*r[:6], _utf8(r[6])) if isinstance(r[6], str) else r for r in rows])
+
+    def _build_batch(self, rows: list[Row]) -> pa.RecordBatch:
         n = len(rows)
         seq, ctx, kind, name, vtype, number, text = zip(*rows, strict=True)
         k = self._keys
@@ -186,6 +198,10 @@ def stream_in_use(path: Path) -> bool:
         return not _lock(fd)  # closing the descriptor releases a lock taken here
     finally:
         os.close(fd)
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def read_stream(path: Path | str, filesystem=None) -> pa.Table:

@@ -112,7 +112,7 @@ def load(data: bytes, unsafe: bool = False) -> dict:
     try:
         return torch.load(io.BytesIO(data), weights_only=not unsafe, map_location="cpu")
     except Exception as exc:
-        if unsafe:
+        if unsafe or "weights_only" not in str(exc).lower():
             raise FlorError(
                 f"checkpoint is corrupted ({exc.__class__.__name__}): replay from an earlier one") from exc
         raise FlorError(

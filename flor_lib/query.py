@@ -94,6 +94,8 @@ def _prune(root: Path, keep: list[Path]) -> None:
 def _record_projects(store: Store) -> list[str]:
     try:
         return [p.rsplit("=", 1)[-1] for p in store.fs.ls(store.path("records"), detail=False)]
+    except NotADirectoryError as exc:
+        raise FlorError(f"the store {store.root} is not a directory: set FLOR_STORE to one") from exc
     except FileNotFoundError:
         return []
 

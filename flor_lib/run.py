@@ -88,6 +88,7 @@ class Run:
                                    self._keys(), attempt=self.attempt, interval=config.flush_seconds(),
                                    first_seq=first_seq, mirror=self.store.live_uploader())
         self._quiet = bool(resume)
+        self._resume_pending = bool(resume)  # until its checkpoint is restored, a resume redoes nothing
         self.buffer.on_error = lambda exc: warn(f"records not written ({exc}); they stay in memory")
         self.policy = ckpt.Policy(config.epsilon())
         self.writer = ckpt.Writer(self._write_checkpoint)
@@ -258,7 +259,9 @@ class Run:
         self.policy.started = time.perf_counter()
         it = iter(iterable)
         index = -1
-        if start is not None:
+        if start is None:
+            self._resume_pending = False  # nothing to restore: a resume then redoes the run from the start
+        else:
             # resume: a nested script re-enters iteration `start` with its nested loop restored, so the rest
             # of that body runs again; a flat script restores the end of `start` and continues after it
             nested = framevars.has_nested_loop(str(self.script))
@@ -307,6 +310,7 @@ class Run:
     def _restore(self, index: int, frame) -> None:
         entry = next(c for c in self.checkpoints if c["iter"] == index)
         framevars.restore(frame, ckpt.apply(ckpt.load(self._read_checkpoint(entry)), self.objects))
+        self._resume_pending = False
 
     # checkpoints --------------------------------------------------------------------------------
     def maybe_checkpoint(self, index: int, frame) -> None:
@@ -400,6 +404,9 @@ class Run:
         self.meta["outer_iters"] = max(self._outer_iters, self.meta.get("outer_iters") or 0)
         self.meta["records"] = self.buffer.next_seq
         self.meta["attempts"][-1]["end"] = self.meta["end"]
+        if self._resume_pending:  # the resume failed before restoring: the earlier attempt's records stand
+            self.meta["attempts"].pop()
+            self.meta["status"] = "failed"
         self._save_meta()
         if not deferred and not self.store.offline:  # offline: the store said so; `flor sync` finalizes
             from flor_lib import compact

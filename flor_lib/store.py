@@ -284,6 +284,8 @@ class Store:
         try:
             self.fs.invalidate_cache(self.path("runs"))
             entries = self.fs.ls(self.path("runs"), detail=True)
+        except NotADirectoryError as exc:
+            raise FlorError(f"the store {self.root} is not a directory: set FLOR_STORE to one") from exc
         except FileNotFoundError:
             return []
         return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
