@@ -203,7 +203,7 @@ def test_ints_beyond_the_float_range_are_logged_exactly(tmp_path):
     assert [int(t) for t in got["value_text"]] == [big, -big]
 
 
-@pytest.mark.xfail(reason="flor_lib/query.py:274 dataframe() ends with infer_objects(): an int column with a gap "
+@pytest.mark.xfail(reason="flor_lib/query.py:276 dataframe() ends with infer_objects(): an int column with a gap "
                           "(NaN) becomes float64, so ints above 2**53 come back rounded in the wide view",
                    strict=True)
 def test_big_ints_keep_their_exact_value_in_the_wide_view(tmp_path):
@@ -232,7 +232,7 @@ def test_store_path_with_odd_characters(tmp_path):
 
 
 
-@pytest.mark.xfail(reason="flor_lib/query.py:246 dataframe() puts decoded values in a helper column 'v' of the "
+@pytest.mark.xfail(reason="flor_lib/query.py:248 dataframe() puts decoded values in a helper column 'v' of the "
                           "long frame: a loop named 'v' collides with it and pivot_table raises "
                           "'Grouper for 'v' not 1-dimensional'", strict=True)
 def test_a_loop_named_v_does_not_break_the_wide_view(tmp_path):

@@ -691,7 +691,7 @@ def test_compaction_while_runs_write_loses_and_doubles_nothing(repo, write_scrip
     assert merges >= 1 and views >= 1, (merges, views)
 
 
-@pytest.mark.xfail(reason="flor_lib/query.py:36 the dataset is built from a listing of Parquet files that a "
+@pytest.mark.xfail(reason="flor_lib/query.py:38 the dataset is built from a listing of Parquet files that a "
                           "concurrent merge_project (compact.py:261 store.fs.rm) deletes before the scan: the query "
                           "fails with FileNotFoundError instead of retrying on the merged file", strict=True)
 def test_a_query_that_overlaps_a_compaction_still_answers(tmp_path, monkeypatch):
@@ -860,8 +860,8 @@ def test_a_full_disk_keeps_the_records_flushed_before_it_readable(disk_script, r
     assert run_meta("full")["status"] != "completed"
 
 
-@pytest.mark.xfail(reason="flor_lib/buffer.py:85 close() re-raises the write error inside the atexit commit "
-                          "(run.py:394): a traceback is printed, the metadata is never finalized and the process "
+@pytest.mark.xfail(reason="flor_lib/buffer.py:90 close() re-raises the write error inside the atexit commit "
+                          "(run.py:398): a traceback is printed, the metadata is never finalized and the process "
                           "exits 0 although records were lost", strict=True)
 def test_a_full_disk_is_reported_in_one_line_and_fails_the_run(disk_script, run_script):
     proc = _disk_run(disk_script, run_script, "full")
