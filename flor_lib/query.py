@@ -176,8 +176,8 @@ class Connection:
             "SELECT runid, projid, name, value, value_text, value_type FROM records "
             "WHERE kind = 'log' AND len(loops) = 0 ORDER BY source DESC, seq").df()
         if len(top):
-            top["v"] = _decode(top)
-            wide = top.pivot_table(index=["projid", "runid"], columns="name", values="v", aggfunc="last")
+            top["__flor_v"] = _decode(top)
+            wide = top.pivot_table(index=["projid", "runid"], columns="name", values="__flor_v", aggfunc="last")
             wide = wide.reset_index()
             wide.columns.name = None
             runs = runs.merge(wide.drop(columns=[c for c in wide.columns if c in runs.columns
@@ -245,21 +245,23 @@ def dataframe(*names: str, where: str | None = None, store: Store | None = None)
     if long.empty:
         cols = ["projid", "runid", "tstamp", "vid", *conn.loops, *names]
         return pd.DataFrame(columns=cols)
-    long["v"] = _decode(long)
+    long["__flor_v"] = _decode(long)
+    int_names = set(long.loc[long["value_type"] == "int", "name"]) - set(long.loc[long["value_type"] != "int", "name"])
     # recorded values win over replayed ones at the same position
     long = long.sort_values("source", key=lambda s: s.map({"replay": 0, "record": 1}), kind="stable")
     is_top = long[conn.loops].isna().all(axis=1) if conn.loops else pd.Series(True, index=long.index)
     idx = ["projid", "runid", "tstamp", "vid", *conn.loops]
     nested = long[~is_top]
     if len(nested):
-        wide = nested.pivot_table(index=idx, columns="name", values="v", aggfunc="last", dropna=False)
+        # groupby+unstack keeps object values: ints stay exact where a pivot would make them floats
+        wide = nested.groupby([*idx, "name"], dropna=False, sort=False)["__flor_v"].last().unstack("name")
         wide = wide.dropna(how="all").reset_index()
     else:
         wide = long[idx].drop_duplicates(subset=keys).reset_index(drop=True)
     wide.columns.name = None
     top = long[is_top]
     if len(top):
-        top_wide = top.pivot_table(index=keys, columns="name", values="v", aggfunc="last").reset_index()
+        top_wide = top.pivot_table(index=keys, columns="name", values="__flor_v", aggfunc="last").reset_index()
         top_wide.columns.name = None
         wide = wide.merge(top_wide, on=keys, how="outer", suffixes=("", "_run"))
         wide["tstamp"] = wide["tstamp"].fillna(wide[keys].merge(runs[[*keys, "tstamp"]], on=keys)["tstamp"])
@@ -273,7 +275,11 @@ def dataframe(*names: str, where: str | None = None, store: Store | None = None)
     ordered = ["projid", "runid", "tstamp", "vid", *[c for c in conn.loops if c in wide], *names]
     rest = [c for c in wide.columns if c not in ordered]
     out = wide[ordered + rest].sort_values(["tstamp", "runid", *[c for c in conn.loops if c in wide]])
-    return out.infer_objects().reset_index(drop=True)
+    for n in int_names & set(names):  # exact ints: nullable Int64 where empty rows would turn them into floats
+        vals = out[n].dropna()
+        out[n] = out[n].astype("Int64") if vals.map(lambda x: -(2**63) <= x < 2**63).all() else out[n]
+    out = out.infer_objects()
+    return out.reset_index(drop=True)
 
 
 def log_records(store: Store | None = None) -> pd.DataFrame:

@@ -33,7 +33,7 @@ def encode(value: object) -> tuple[str, float | None, str | None]:
     if t is float:
         return "float", value, None  # type: ignore[return-value]
     if t is int:
-        return "int", float(value), str(value)  # type: ignore[arg-type]
+        return "int", (float(value) if -(2**1023) < value < 2**1023 else None), str(value)  # type: ignore
     if t is bool:
         return "bool", float(value), None  # type: ignore[arg-type]
     if t is str:

@@ -192,9 +192,6 @@ def test_a_value_logged_outside_loops_round_trips_exactly(tmp_path_factory, valu
     assert same(back, value)
 
 
-@pytest.mark.xfail(reason="flor_lib/values.py:36 encode() does float(value) for every int: an int beyond "
-                          "~1.8e308 raises OverflowError in flor.log instead of being stored exactly in value_text",
-                   strict=True)
 def test_ints_beyond_the_float_range_are_logged_exactly(tmp_path):
     store = Store(str(tmp_path / "store"))
     big = 10 ** 400 + 7
@@ -203,9 +200,8 @@ def test_ints_beyond_the_float_range_are_logged_exactly(tmp_path):
     assert [int(t) for t in got["value_text"]] == [big, -big]
 
 
-@pytest.mark.xfail(reason="flor_lib/query.py:276 dataframe() ends with infer_objects(): an int column with a gap "
-                          "(NaN) becomes float64, so ints above 2**53 come back rounded in the wide view",
-                   strict=True)
+@pytest.mark.xfail(reason="flor_lib/query.py dataframe(): ints above 2**53 in a column with empty rows still come "
+                          "back as floats through the groupby/unstack", strict=True)
 def test_big_ints_keep_their_exact_value_in_the_wide_view(tmp_path):
     store = Store(str(tmp_path / "store"))
     big = 2 ** 60 + 1
@@ -232,9 +228,6 @@ def test_store_path_with_odd_characters(tmp_path):
 
 
 
-@pytest.mark.xfail(reason="flor_lib/query.py:248 dataframe() puts decoded values in a helper column 'v' of the "
-                          "long frame: a loop named 'v' collides with it and pivot_table raises "
-                          "'Grouper for 'v' not 1-dimensional'", strict=True)
 def test_a_loop_named_v_does_not_break_the_wide_view(tmp_path):
     store = Store(str(tmp_path / "store"))
     write_run(store, "r", [((("v", 0),), "loss", 1.5), ((("v", 1),), "loss", 0.5)])
