@@ -79,7 +79,14 @@ def measure(ctx: Ctx, script: scripts.Script) -> list[Row]:
                       env=fdb.env(base_env()))
         return {"cpu": c.cpu, "wall": c.wall}
 
+    def flor_min_ckpt(rep: int) -> dict:  # first and last checkpoint only: recording without the eps budget
+        c = run_child([PYTHON, "train.py", "--flor", f"eps0-{rep}", *fdb.flor_cli_args(args)], cwd=where["flor"],
+                      env={**flor_env, "FLOR_EPSILON": "0"})
+        return {"cpu": c.cpu, "wall": c.wall}
+
     variants = {"plain": plain, "flor": flor}
+    if script.checkpoints:
+        variants["flor_eps0"] = flor_min_ckpt
     if ctx.flordb:
         variants["flordb"] = flordb
     reps = ctx.reps if script.checkpoints or ctx.quick else max(ctx.reps, 5)
@@ -98,6 +105,11 @@ def measure(ctx: Ctx, script: scripts.Script) -> list[Row]:
         ddiff = Sample([x - y for x, y in zip(d.values, p.values, strict=False)]) if d else None
         rows.append(Row(SECTION, f"{label}: added {what.split(' per')[0]} per run (flor - plain)",
                         flor=fmt_sample(diff, "s"), flordb=fmt_sample(ddiff, "s") if d else ctx.na()))
+        if "flor_eps0" in res:
+            e = res["flor_eps0"][key]
+            rows.append(Row(SECTION, f"{label}: {what}, flor with FLOR_EPSILON=0 (first and last checkpoint only)",
+                            flor=fmt_sample(e, "s"), base=fmt_sample(p, "s"), flor_vs=fmt_pct(ratios(e, p)),
+                            target="record cost without the checkpoint budget" if key == "cpu" else ""))
     ctx.data.setdefault("overhead", {})[tag] = {k: {m: s.values for m, s in v.items()} for k, v in res.items()}
     if script.checkpoints:
         rows += checkpoint_rows(ctx, runmeta.load(store, "ovh-"), label)
