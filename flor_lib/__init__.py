@@ -91,6 +91,8 @@ def checkpoints(*objs: Any) -> None:
     try:
         _current().register(*objs)
     except FlorError as exc:
+        if _run is not None:
+            _run.status = "failed"
         exit_with(exc)
 
 
