@@ -241,7 +241,7 @@ def test_story_two_runs_dataframe_sql_replay(s3, proxy, tmp_path, moto_url, monk
         proxy.reset()
         _run(repo, "--flor", name, "--epochs", "1", "--hidden", hidden)
         per_run.append(proxy.count())
-        assert proxy.count("PUT", "/live/") == 0, "a short run uploads no live copy"
+        assert proxy.count("PUT", "/live/") <= 1, "a short run uploads no periodic live copy (one per checkpoint)"
         assert proxy.count("PUT", "/records/") == 1, "records go up as one Parquet file"
     print(f"requests per tutorial run (epochs 1): {per_run}")
     assert max(per_run) <= 25, proxy.requests
