@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.flor-installed
 
-.PHONY: install demo test lint clean help
+.PHONY: install demo test lint clean help bench bench-quick
 
 help:
 	@echo "make demo   - set up .venv (the package, torch==2.13.0 CPU, scikit-learn) and run the tutorial twice"
@@ -33,3 +33,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf demo-store
+
+bench: $(STAMP)  ## the benchmark suite: benchmarks/RESULTS.md and plots (20-35 min on 2 cores)
+	$(PY) benchmarks/run.py
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/run.py --quick
