@@ -244,6 +244,15 @@ class Run:
             return self.replay.nested_loop(self, name, iterable)
         return self._nested_loop(name, iterable, len(self._stack))
 
+    def iterate(self, name: str, iterable):
+        """Yield the items of one loop, tracking its 0-based index in the loop position."""
+        for index, item in enumerate(iterable):
+            self.push(name, index)
+            try:
+                yield item
+            finally:
+                self.pop()
+
     def push(self, name: str, index: int) -> None:
         """Enter iteration index of loop name."""
         self._stack.append((name, index))
@@ -299,12 +308,7 @@ class Run:
             self._restore(self._stack[0][1], frame)
             self._nested_done = True
             return
-        for index, item in enumerate(iterable):
-            self.push(name, index)
-            try:
-                yield item
-            finally:
-                self.pop()
+        yield from self.iterate(name, iterable)
         if depth == 1:
             self._nested_done = True
             self.maybe_checkpoint(self._stack[0][1], frame)

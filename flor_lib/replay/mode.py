@@ -131,12 +131,7 @@ class ReplayMode:
             self._restore(run, self.outer, frame)
             run._nested_done = True
             return
-        for index, item in enumerate(iterable):
-            run.push(name, index)
-            try:
-                yield item
-            finally:
-                run.pop()
+        yield from run.iterate(name, iterable)
         run._nested_done = True
 
     def _restore(self, run, index: int, frame) -> None:
