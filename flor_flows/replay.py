@@ -26,8 +26,7 @@ from prefect.futures import as_completed
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flor_flows import fanout, process, runtime
-from flor_lib.errors import FlorError
+from flor_flows import fanout, process, results, runtime
 from flor_lib.replay import engine
 from flor_lib.replay.segment import Segment
 from flor_lib.store import Store
@@ -182,7 +181,4 @@ def replay_flow(names: list[str], where: str | None = None, workers: int = 2, po
 
 def replay_rows(state: Any) -> list[dict[str, Any]]:
     """The per-run summary of a finished replay flow run (also when it ended Failed)."""
-    data = state.result(raise_on_failure=False)
-    if isinstance(data, BaseException):
-        raise data if isinstance(data, FlorError) else FlorError(f"replay failed: {data}")
-    return list(data or [])
+    return results.flow_rows(state, "replay")

@@ -7,6 +7,7 @@ from typing import Any
 
 from flor_lib import compact, values
 from flor_lib.buffer import read_stream
+from flor_lib.errors import FlorError
 from flor_lib.store import Store
 
 
@@ -96,3 +97,11 @@ def flat_row(item: dict[str, Any]) -> dict[str, Any]:
         if item.get(k) not in (None, 0, ""):
             row[k] = item[k]
     return row
+
+
+def flow_rows(state: Any, what: str) -> list[dict[str, Any]]:
+    """The rows a sweep or replay flow returned, also when it ended Failed (its data holds them)."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, BaseException):
+        raise data if isinstance(data, FlorError) else FlorError(f"{what} failed: {data}")
+    return list(data or [])

@@ -28,7 +28,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flor_flows import configs as cfgs
 from flor_flows import fanout, process, results, runtime, training
-from flor_lib.errors import FlorError
 from flor_lib.run import truncation
 from flor_lib.store import Store
 
@@ -184,7 +183,4 @@ def sweep(script: str, configs: list[dict[str, Any]], args: list[str] | None = N
 
 def sweep_rows(state: Any) -> list[dict[str, Any]]:
     """The member rows of a finished sweep flow run (also when it ended Failed because of a member)."""
-    data = state.result(raise_on_failure=False)
-    if isinstance(data, BaseException):
-        raise data if isinstance(data, FlorError) else FlorError(f"sweep failed: {data}")
-    return list(data or [])
+    return results.flow_rows(state, "sweep")
