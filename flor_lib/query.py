@@ -209,14 +209,17 @@ def _lit(text: str) -> str:
 
 
 def _decode(df: pd.DataFrame) -> pd.Series:
-    out = df["value"].astype(object)
-    strings = df["value_type"].isin(["str"])
-    out[strings] = df.loc[strings, "value_text"]
-    ints = df["value_type"] == "int"
-    out[ints] = df.loc[ints, "value_text"].map(int)
-    bools = df["value_type"] == "bool"
-    out[bools] = df.loc[bools, "value"].map(bool)
-    return out
+    # built as a list: masked assignment into an object Series may coerce ints back to float
+    def one(value: float, text: object, kind: str) -> object:
+        if kind == "int":
+            return int(text)
+        if kind == "str":
+            return text
+        if kind == "bool":
+            return bool(value)
+        return value
+    vals = [one(v, t, k) for v, t, k in zip(df["value"].tolist(), df["value_text"].tolist(), df["value_type"].tolist(), strict=True)]
+    return pd.Series(vals, index=df.index, dtype=object)
 
 
 def sql(query: str) -> pd.DataFrame:
@@ -261,7 +264,7 @@ def dataframe(*names: str, where: str | None = None, store: Store | None = None)
     wide.columns.name = None
     top = long[is_top]
     if len(top):
-        top_wide = top.pivot_table(index=keys, columns="name", values="__flor_v", aggfunc="last").reset_index()
+        top_wide = top.groupby([*keys, "name"], sort=False)["__flor_v"].last().unstack("name").reset_index()
         top_wide.columns.name = None
         wide = wide.merge(top_wide, on=keys, how="outer", suffixes=("", "_run"))
         wide["tstamp"] = wide["tstamp"].fillna(wide[keys].merge(runs[[*keys, "tstamp"]], on=keys)["tstamp"])

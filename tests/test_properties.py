@@ -14,7 +14,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -200,8 +199,6 @@ def test_ints_beyond_the_float_range_are_logged_exactly(tmp_path):
     assert [int(t) for t in got["value_text"]] == [big, -big]
 
 
-@pytest.mark.xfail(reason="flor_lib/query.py dataframe(): ints above 2**53 in a column with empty rows still come "
-                          "back as floats through the groupby/unstack", strict=True)
 def test_big_ints_keep_their_exact_value_in_the_wide_view(tmp_path):
     store = Store(str(tmp_path / "store"))
     big = 2 ** 60 + 1
