@@ -23,23 +23,51 @@ _RUN_COLS = ["projid", "runid", "tstamp", "vid", "filename", "status", "host", "
              "sweep"]
 
 
-def dataset(store: Store | None = None) -> ds.Dataset:
-    """The pyarrow dataset of every record: compacted Parquet plus streams of runs not yet finalized."""
+_RETRIES = 3  # a file merged away between listing and scan is retried; merges rarely come three in a row
+# how a deleted file shows through pyarrow, DuckDB's arrow scan and s3fs (errno 2 in every local message)
+_VANISHED = re.compile(r"errno 2\]|No such file|FileNotFoundError|NoSuchKey")
+
+
+def _vanished(exc: BaseException) -> bool:
+    """Whether an error means a listed record file was deleted (merged or finalized) before it was read."""
+    return isinstance(exc, FileNotFoundError) or bool(_VANISHED.search(str(exc)))
+
+
+def dataset(store: Store | None = None, relist: bool = False) -> ds.Dataset:
+    """The pyarrow dataset of every record: compacted Parquet plus streams of runs not yet finalized.
+
+    A listed file that a concurrent merge or finalize deleted is not an error: list again and rebuild
+    (relist: a scan of an earlier dataset hit one). Each build uses one view of records/, whose merged
+    files name what they replaced, so a retry never counts a record twice.
+    """
     store = store or Store()
-    if store.remote and not store.offline:
+    tries = 0
+    while True:
         try:
-            return _remote_dataset(store)
+            if store.remote and not store.offline:
+                return _remote_dataset(store)
+            return _local_dataset(store, relist or tries > 0)
         except FlorError:
             raise
         except Exception as exc:
-            if not remote_failure(exc):
-                raise
-            raise store.unreachable(exc) from exc
-    files = [f for p in _record_projects(store) for f in compact.parquet_files(store, p)]
+            tries += 1
+            if tries < _RETRIES and _vanished(exc):
+                continue
+            if store.remote and not store.offline and remote_failure(exc):
+                raise store.unreachable(exc) from exc
+            raise
+
+
+def _local_dataset(store: Store, relist: bool) -> ds.Dataset:
+    done = None
+    if relist:  # files vanished under an earlier listing: one listing of records/ decides files and streams
+        files, done = compact.split_visible(store, compact.record_files(store))
+    else:
+        files = [f for p in _record_projects(store) for f in compact.parquet_files(store, p)]
     parts: list[ds.Dataset] = []
     if files:
         parts.append(ds.dataset(files, schema=RECORD_SCHEMA, format="parquet", filesystem=store.fs))
-    streams = compact.visible_streams(store)
+    streams = compact.visible_streams(store, done=done)
     if streams:
         parts.append(ds.dataset(pa.concat_tables([read_stream(s) for s in streams])))
     if not parts:
@@ -140,8 +168,7 @@ class Connection:
             "CREATE VIEW records AS SELECT r.* FROM records_raw r LEFT JOIN cuts c ON r.runid = c.c_runid "
             "AND r.projid = c.c_projid AND r.attempt = c.c_attempt AND r.source = 'record' "
             "WHERE c.c_bound IS NULL OR r.seq < c.c_bound")
-        self.loops = [r[0] for r in self.con.execute(
-            "SELECT DISTINCT unnest(loops) FROM records").fetchall() if r[0]]
+        self.loops = [r[0] for r in self._execute("SELECT DISTINCT unnest(loops) FROM records").fetchall() if r[0]]
         self.loops.sort(key=self._loop_order)
         loop_cols = "".join(f', iters[list_position(loops, {_lit(n)})] AS "{n}"' for n in self.loops)
         self.con.execute(
@@ -154,10 +181,23 @@ class Connection:
         self.con.execute("SET lock_configuration = true")
 
     def _loop_order(self, name: str) -> tuple:
-        row = self.con.execute(
+        row = self._execute(
             "SELECT min(list_position(loops, ?)) FROM records WHERE list_contains(loops, ?)", [name, name]
         ).fetchone()
         return (row[0] or 0, name)
+
+    def _execute(self, query: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
+        """Execute a query; when a record file was merged away since the dataset was built, rebuild and rerun."""
+        tries = 0
+        while True:
+            try:
+                return self.con.execute(query, params)
+            except duckdb.Error as exc:
+                tries += 1
+                if tries >= _RETRIES or not _vanished(exc):
+                    raise
+                self.records = dataset(self.store, relist=True)
+                self.con.register("records_raw", self.records)  # the views read it by name
 
     def sql(self, query: str) -> pd.DataFrame:
         """Run a read-only query and return a DataFrame."""
@@ -165,14 +205,14 @@ class Connection:
                     query, re.I):
             raise FlorError("flor.sql is read-only: use SELECT (or WITH ... SELECT) over logs and runs")
         try:
-            return self.con.execute(query).df()
+            return self._execute(query).df()
         except duckdb.Error as exc:
             raise FlorError(f"SQL error: {str(exc).splitlines()[0]}") from exc
 
     def run_level(self) -> pd.DataFrame:
         """Runs with their args and every value logged outside loops (the columns --where can use)."""
-        runs = self.con.execute("SELECT * FROM runs").df()
-        top = self.con.execute(
+        runs = self._execute("SELECT * FROM runs").df()
+        top = self._execute(
             "SELECT runid, projid, name, value, value_text, value_type FROM records "
             "WHERE kind = 'log' AND len(loops) = 0 ORDER BY source DESC, seq").df()
         if len(top):
@@ -192,7 +232,7 @@ class Connection:
             return level
         self.con.register("run_level", level)
         try:
-            keys = self.con.execute(f"SELECT projid, runid FROM run_level WHERE {where}").df()
+            keys = self._execute(f"SELECT projid, runid FROM run_level WHERE {where}").df()
         except duckdb.Error as exc:
             cols = ", ".join(str(c) for c in level.columns)
             raise FlorError(f"--where {where!r}: {str(exc).splitlines()[0]} (columns: {cols})") from exc

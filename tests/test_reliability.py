@@ -692,9 +692,6 @@ def test_compaction_while_runs_write_loses_and_doubles_nothing(repo, write_scrip
     assert merges >= 1 and views >= 1, (merges, views)
 
 
-@pytest.mark.xfail(reason="flor_lib/query.py:38 the dataset is built from a listing of Parquet files that a "
-                          "concurrent merge_project (compact.py:261 store.fs.rm) deletes before the scan: the query "
-                          "fails with FileNotFoundError instead of retrying on the merged file", strict=True)
 def test_a_query_that_overlaps_a_compaction_still_answers(tmp_path, monkeypatch):
     from flor_lib import compact
 
