@@ -2,16 +2,24 @@
 
 One line per value of `--by` (a run-level column: runid, vid, or any arg such as hidden). x defaults
 to the innermost loop's position flattened across the outer loops (epoch 1 continues where epoch 0
-ended); `--x LOOP` uses that loop's own index instead. matplotlib with the Agg backend: no display.
+ended); `--x LOOP` uses that loop's own index instead. Sweep and replay flows attach the same kind of
+figure to their Prefect run as a markdown artifact (flow_artifact). matplotlib is imported only when
+drawing, and only through its Agg canvas (no pyplot state, no display), so flows may draw from threads.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from flor_lib.errors import FlorError
+
+MAX_PANELS = 4  # a flow figure stays small enough to embed in an artifact
+MAX_LEGEND = 12
 
 
 def flat_x(df, loops: list[str]):
@@ -35,22 +43,13 @@ def flat_x(df, loops: list[str]):
     return x
 
 
-def figure(name: str, by: str = "runid", x: str | None = None, where: str | None = None,
-           out: str | Path = "plot.png", title: str | None = None) -> Path:
-    """Plot name per `by` group and save the PNG to out; returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    import flor_lib as flor
-
-    df = flor.dataframe(name, where=where)
+def _series(df, name: str, by: str, x: str | None):
+    """The rows of name with _x and _y columns, and the x label; FlorError when there is nothing to plot."""
     cols = list(df.columns)
     loops = cols[4:cols.index(name)] if name in cols else []
     df = df[df[name].notna()] if name in df else df.iloc[0:0]
     if df.empty:
-        raise FlorError(f"no values logged as {name!r}" + (f" in runs where {where}" if where else ""))
+        raise FlorError(f"no values logged as {name!r}")
     if by not in df.columns:
         raise FlorError(f"--by {by!r} is not a column; try runid, vid or one of the args")
     if x is None:
@@ -65,23 +64,126 @@ def figure(name: str, by: str = "runid", x: str | None = None, where: str | None
         df = df.assign(_y=df[name].astype(float))
     except (TypeError, ValueError):
         raise FlorError(f"{name!r} has non-numeric values; nothing to plot") from None
+    return df, xlabel, loops
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for key, group in df.groupby(by, sort=False, dropna=False):
+
+def _draw(ax, df, name: str, by: str, xlabel: str, title: str) -> None:
+    groups = list(df.groupby(by, sort=False, dropna=False))
+    for key, group in groups:
         group = group.sort_values("_x")
         label = str(key) if by == "runid" else f"{by}={key}"
         ax.plot(group["_x"], group["_y"], marker="." if len(group) < 50 else None, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(name)
-    ax.set_title(title or f"{name} by {by}")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    if len(groups) <= MAX_LEGEND:
+        ax.legend(fontsize="small", loc="best")
+
+
+def _draw_bars(ax, df, name: str, by: str, title: str) -> None:
+    """A name logged outside every loop: one value per run, so one bar per group."""
+    last = df.groupby(by, sort=False, dropna=False)["_y"].last()
+    ax.bar([str(k) for k in last.index], last.to_numpy())
+    ax.set_ylabel(name)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.tick_params(axis="x", labelrotation=30 if len(last) > 4 else 0, labelsize="small")
+
+
+def _new_figure(figsize: tuple[float, float], dpi: int, rows: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
+    return fig, list(axes)
+
+
+def figure(name: str, by: str = "runid", x: str | None = None, where: str | None = None,
+           out: str | Path = "plot.png", title: str | None = None) -> Path:
+    """Plot name per `by` group and save the PNG to out; returns its path."""
+    import flor_lib as flor
+
+    try:
+        df, xlabel, _ = _series(flor.dataframe(name, where=where), name, by, x)
+    except FlorError as exc:
+        if where and str(exc).startswith("no values"):
+            raise FlorError(f"{exc} in runs where {where}") from None
+        raise
+    fig, (ax,) = _new_figure((8, 4.5), 100)
+    _draw(ax, df, name, by, xlabel, title or f"{name} by {by}")
     fig.tight_layout()
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
+
+
+def runs_where(keys: list[tuple[str, str]]) -> str:
+    """A --where condition selecting exactly these (projid, runid) runs."""
+    def lit(text: str) -> str:
+        return "'" + str(text).replace("'", "''") + "'"
+
+    return " OR ".join(f"(projid = {lit(p)} AND runid = {lit(r)})" for p, r in keys) or "FALSE"
+
+
+def runs_png(names: list[str], keys: list[tuple[str, str]], store: Any = None, dpi: int = 80) -> bytes | None:
+    """A small PNG: one panel per numeric name (at most MAX_PANELS), one line (or bar) per run; None if none."""
+    import flor_lib as flor
+
+    where = runs_where(keys)
+    panels = []
+    for name in names:
+        if len(panels) == MAX_PANELS:
+            break
+        try:
+            df, xlabel, loops = _series(flor.dataframe(name, where=where, store=store), name, "runid", None)
+        except FlorError:  # not logged by these runs, or not numbers: leave it out
+            continue
+        panels.append((name, df, xlabel, not loops or df[loops].isna().all(axis=None)))
+    if not panels:
+        return None
+    fig, axes = _new_figure((7, 2.8 * len(panels)), dpi, rows=len(panels))
+    for ax, (name, df, xlabel, top_level) in zip(axes, panels, strict=True):
+        if top_level:
+            _draw_bars(ax, df, name, "runid", f"{name} per run")
+        else:
+            _draw(ax, df, name, "runid", xlabel, f"{name} per run")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def markdown_png(png: bytes, title: str, caption: str = "") -> str:
+    """Markdown embedding a PNG as a base64 data: URI (Prefect artifacts cannot reference local files)."""
+    data = base64.b64encode(png).decode("ascii")
+    return f"## {title}\n\n![{title}](data:image/png;base64,{data})\n" + (f"\n{caption}\n" if caption else "")
+
+
+def flow_artifact(names: list[str], keys: list[tuple[str, str]], *, key: str, title: str, store: Any = None,
+                  caption: str = "") -> str | None:
+    """Attach the runs' plot to the current flow run as a markdown artifact; returns its key, or None.
+
+    Never fails the flow: nothing numeric to plot, or a plotting error, is one log line.
+    """
+    from prefect.artifacts import create_markdown_artifact
+
+    from flor_flows.runtime import run_logger
+
+    log = run_logger()
+    try:
+        png = runs_png(list(names), list(keys), store=store)
+    except Exception as exc:  # a figure is a courtesy: the flow's results are already in the store
+        log.warning("no plot attached: %s: %s", type(exc).__name__, exc)
+        return None
+    if png is None:
+        log.info("no plot attached: no numeric values of %s in %d run(s)", ", ".join(names) or "any name", len(keys))
+        return None
+    create_markdown_artifact(markdown_png(png, title, caption), key=key, description=title)
+    return key
 
 
 def plot(name: str = typer.Argument(..., help="The logged name to plot (e.g. loss)."),

@@ -26,7 +26,7 @@ from prefect.futures import as_completed
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flor_flows import fanout, process, results, runtime
+from flor_flows import fanout, plot, process, results, runtime
 from flor_lib.replay import engine
 from flor_lib.replay.segment import Segment
 from flor_lib.store import Store
@@ -171,6 +171,10 @@ def replay_flow(names: list[str], where: str | None = None, workers: int = 2, po
     create_table_artifact(rows, key=runtime.artifact_key("flor-replay", p.replay_id, "summary"),
                           description=f"replay {p.replay_id} of {', '.join(p.names)}: per run, what was "
                                       "restored, re-executed and checked")
+    landed = {r["runid"] for r in rows if r.get("status") == "backfilled"}
+    plot.flow_artifact(p.names, list(dict.fromkeys((s.projid, s.runid) for s in p.segments if s.runid in landed)),
+                       key=runtime.artifact_key("flor-replay", p.replay_id, "plot"), store=st,
+                       title=f"replay {p.replay_id}: backfilled {', '.join(p.names)}")
     if errors:
         create_markdown_artifact("## Failed segments\n\n" + "\n".join(f"- {e[:500]}" for e in errors),
                                  key=runtime.artifact_key("flor-replay", p.replay_id, "failures"))

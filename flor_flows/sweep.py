@@ -27,7 +27,7 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flor_flows import configs as cfgs
-from flor_flows import fanout, process, results, runtime, training
+from flor_flows import fanout, plot, process, results, runtime, training
 from flor_lib.run import truncation
 from flor_lib.store import Store
 
@@ -127,6 +127,22 @@ def _run_remote(script: str, members: list[tuple[str, dict]], args: list[str], *
         raise
 
 
+def numeric_names(rows: list[dict[str, Any]]) -> list[str]:
+    """Names whose final value is a number (not a bool) in some member, in first-logged order."""
+    names: dict[str, None] = {}
+    for row in rows:
+        for k, v in (row.get("metrics") or {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                names.setdefault(k)
+    return list(names)
+
+
+def _attach_plot(rows: list[dict[str, Any]], sweep_id: str, script: str, projid: str, store: Store) -> None:
+    keys = [(r.get("projid") or projid, r["runid"]) for r in rows if r.get("runid")]
+    plot.flow_artifact(numeric_names(rows), keys, key=runtime.artifact_key("flor-sweep", sweep_id, "plot"),
+                       title=f"sweep {sweep_id} of {script}", store=store)
+
+
 def _sweep_run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -170,6 +186,7 @@ def sweep(script: str, configs: list[dict[str, Any]], args: list[str] | None = N
     table = [{"member": r["name"], **results.flat_row(r)} for r in ordered]
     create_table_artifact(table, key=runtime.artifact_key("flor-sweep", sweep_id, "results"),
                           description=f"sweep {sweep_id} of {Path(script).name}: args and final metrics")
+    _attach_plot(ordered, sweep_id, Path(script).name, snap["projid"], Store(store))
     failed = [r for r in ordered if r.get("status") != "completed"]
     if failed:
         lines = "\n".join(f"- `{r['name']}`: {r.get('error') or r.get('status')}" for r in failed)

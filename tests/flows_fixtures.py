@@ -6,8 +6,10 @@ fixtures (store, repo, ...) come from tests/conftest.py.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +25,7 @@ FLOR = [sys.executable, "-m", "flor_flows.cli"]
 PREFECT = [str(Path(sys.executable).with_name("prefect"))] if Path(sys.executable).with_name("prefect").exists() \
     else [sys.executable, "-m", "prefect"]
 SHORT = ["--epochs", "1"]
+PNG = b"\x89PNG\r\n\x1a\n"
 ACC = ('    print(f"Accuracy of', '    flor.log("accuracy", 100 * correct / total)\n    print(f"Accuracy of')
 
 
@@ -111,6 +114,15 @@ def artifact(run: dict, key: str) -> dict:
     found = [a for a in run["artifacts"] if a["key"] == key]
     assert found, f"no artifact {key} in {[a['key'] for a in run['artifacts']]}"
     return found[0]
+
+
+def png_of(markdown: str) -> bytes:
+    """The PNG a markdown artifact embeds as a base64 data: URI (asserts it is one)."""
+    found = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", markdown)
+    assert found, markdown[:300]
+    png = base64.b64decode(found.group(1), validate=True)
+    assert png[:8] == PNG and len(png) > 1000, png[:16]
+    return png
 
 
 def free_port() -> int:

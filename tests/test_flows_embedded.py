@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from flows_fixtures import SHORT, artifact, flor, readback, show
+from flows_fixtures import SHORT, artifact, flor, png_of, readback, show
 
 from flor_lib import compact
 from flor_lib.query import dataframe
@@ -75,6 +75,9 @@ def test_flor_sweep_2x2_records_four_runs(repo, store):
     results = artifact(run, "flor-sweep-grid-results")["data"]
     assert sorted(r["runid"] for r in results) == sorted(metas)
     assert all("loss" in r and r["status"] == "completed" for r in results)
+    plot = artifact(run, "flor-sweep-grid-plot")  # loss per member, embedded as a PNG
+    assert plot["type"] == "markdown" and "sweep grid" in plot["data"]
+    png_of(plot["data"])
     for runid in metas:  # each member's own table of args and final metrics
         assert artifact(run, f"flor-run-{runid}")["type"] == "table"
 
@@ -108,3 +111,4 @@ def test_failed_member_is_reported_and_others_land(repo, store):
     results = {r["member"]: r for r in artifact(run, "flor-sweep-bad-results")["data"]}
     assert results["bad-02"]["status"] == "failed" and results["bad-01"]["status"] == "completed"
     assert "bad-02" in artifact(run, "flor-sweep-bad-failures")["data"]
+    png_of(artifact(run, "flor-sweep-bad-plot")["data"])  # the members that logged are still plotted

@@ -6,7 +6,7 @@ import io
 import json
 
 import pandas as pd
-from flows_fixtures import add_accuracy, flor, readback, show
+from flows_fixtures import add_accuracy, flor, png_of, readback, show
 
 
 def test_replay_flow_backfills_past_runs(repo, store, run_script, git):
@@ -38,6 +38,11 @@ def test_replay_flow_backfills_past_runs(repo, store, run_script, git):
     summaries = [a for a in run["artifacts"] if a["key"].startswith("flor-replay-") and a["type"] == "table"]
     assert summaries and {r["runid"] for r in summaries[0]["data"]} == {"old1", "old2"}
     assert [a for a in run["artifacts"] if a["type"] == "progress"][0]["data"] == 100.0
+    summary = summaries[0]["data"]  # per run: what was re-executed and restored
+    assert all(r["status"] == "backfilled" and r["restored_iters"] >= 1 and r["executed_iters"] == 0 for r in summary)
+    plots = [a for a in run["artifacts"] if a["type"] == "markdown" and a["key"].endswith("-plot")]
+    assert len(plots) == 1 and "backfilled accuracy" in plots[0]["data"], [a["key"] for a in run["artifacts"]]
+    png_of(plots[0]["data"])
     # ground truth: a fresh run of the new code logs the accuracy that the replay backfilled for old2
     run_script(repo, "--flor", "fresh", "--epochs", "1", "--hidden", "16", check=True)
     both = pd.read_csv(io.StringIO(flor("dataframe", "accuracy", "--csv", cwd=repo).stdout)).set_index("runid")
