@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from flor_lib.errors import FlorError
 from flor_lib.schema import RECORD_SCHEMA
 
 Row = tuple  # (seq, loops_ctx, kind, name, value_type, number, text)
@@ -41,6 +42,7 @@ class RecordBuffer:
         self._lock = threading.Lock()
         self._io_lock = threading.Lock()
         self._seq = first_seq
+        self._first_seq = first_seq
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._sink = None
         self._stop = threading.Event()
@@ -74,9 +76,11 @@ class RecordBuffer:
                 rows, self._rows = self._rows, []
                 bound = self._seq
             if rows:
+                size = _size(self.path)
                 try:
                     self._write(rows)
                 except BaseException:
+                    self._cut_back(size)
                     with self._lock:  # keep them for the next flush (a full disk may free up)
                         self._rows[:0] = rows
                     raise
@@ -84,17 +88,43 @@ class RecordBuffer:
             return bound
 
     def close(self, mirror: bool = False) -> None:
-        """Stop the thread, flush the rest and close the file (mirror: hand a final copy to the mirror)."""
+        """Stop the thread, flush the rest and close the file (mirror: hand a final copy to the mirror).
+
+        Raises RecordsNotWritten when the rest cannot be written; the file keeps every batch before it.
+        """
         self._stop.set()
         self._thread.join(timeout=30)
-        self.flush()
-        with self._io_lock:
-            if self._writer is not None:
-                self._writer.close()
-                self._sink.close()  # also releases the flock
-                self._writer = None
+        try:
+            self.flush()
+        except Exception as exc:
+            self._close_file()
+            with self._lock:
+                lost = len(self._rows)
+            raise RecordsNotWritten(self.path, lost, self.flushed_seq - self._first_seq, exc) from exc
+        self._close_file()
         if mirror:
             self.mirror_now(force=True)
+
+    def _close_file(self) -> None:
+        with self._io_lock:
+            if self._writer is not None:
+                try:
+                    self._writer.close()
+                except OSError:  # no room for the end-of-stream marker: readers stop at the last batch anyway
+                    pass
+                finally:
+                    self._sink.close()  # also releases the flock
+                    self._writer = self._sink = None
+
+    def _cut_back(self, size: int) -> None:
+        """Truncate the file to its size before a failed write: a torn batch would hide every later one."""
+        try:
+            if size == 0 and self._sink is not None:  # the stream header itself may be torn: start over
+                self._sink.close()
+                self._writer = self._sink = None
+            os.truncate(self.path, size)
+        except OSError:
+            pass
 
     def mirror_now(self, force: bool = False) -> bool:
         """Hand a copy of the whole file to the mirror if it changed (and the interval passed, unless force)."""
@@ -172,6 +202,24 @@ class RecordBuffer:
             "replay_id": pa.array([self._replay_id] * n, pa.string()),
         }
         return pa.RecordBatch.from_pydict(cols, schema=RECORD_SCHEMA)
+
+
+class RecordsNotWritten(FlorError):
+    """Records still in memory when the buffer closed because writing them failed (a full disk)."""
+
+    def __init__(self, path: Path, lost: int, kept: int, cause: BaseException) -> None:
+        self.path, self.lost, self.kept = path, lost, kept
+        errno = getattr(cause, "errno", None)
+        self.reason = os.strerror(errno) if errno else (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        super().__init__(f"{lost} records could not be written to {path} ({self.reason}); "
+                         f"the {kept} written before them are kept there")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _upload_seconds() -> float:

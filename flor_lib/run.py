@@ -18,7 +18,7 @@ from pathlib import Path
 from flor_lib import args as cli
 from flor_lib import checkpoint as ckpt
 from flor_lib import config, framevars, values, versions
-from flor_lib.buffer import RecordBuffer
+from flor_lib.buffer import RecordBuffer, RecordsNotWritten
 from flor_lib.errors import FlorError, warn
 from flor_lib.store import Store
 
@@ -56,6 +56,7 @@ class Run:
         self._segment_deadline = time.perf_counter() + float(budget) if budget else None
         self._quiet = False  # a resumed attempt does not re-log what happened before its checkpoint
         self._closed = False
+        self.lost: RecordsNotWritten | None = None  # records a full disk kept from the store at exit
         self._lock = threading.Lock()
         self.checkpoints: list[dict] = []
         self.skipped_checkpoints = 0
@@ -360,7 +361,7 @@ class Run:
 
     # lifecycle ----------------------------------------------------------------------------------
     def _install_exit_hooks(self) -> None:
-        atexit.register(self.commit)
+        atexit.register(self._at_exit)
         previous = sys.excepthook
 
         def hook(kind, exc, tb):
@@ -388,32 +389,60 @@ class Run:
 
             signal.signal(signal.SIGTERM, on_term)
 
+    def _at_exit(self) -> None:
+        """Commit at interpreter exit; records that could not be written make the exit status non-zero."""
+        self.commit()
+        if self.lost is not None:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(self.lost.exit_code)  # an atexit handler cannot change the exit status any other way
+
     def commit(self) -> None:
         """Flush records, wait for checkpoints, finalize the run's records and metadata."""
         if self._closed:
             return
         self._closed = True
         if self.replay is not None:
-            self.buffer.close()
+            try:
+                self.buffer.close()
+            except RecordsNotWritten as exc:  # no result for the engine: the segment fails and lands nothing
+                self.lost = exc
+                print(f"flor: error: {exc}; this replay segment failed", file=sys.stderr)
+                return
             if self.status == "running":
                 self.status = "completed"
             self.replay.finish(self)
             return
         self.writer.close()
         deferred = os.environ.get("FLOR_DEFER_AGGREGATE") == "1"
-        self.buffer.close(mirror=deferred)  # a deferred stream's copy lets another host aggregate it
+        try:
+            self.buffer.close(mirror=deferred)  # a deferred stream's copy lets another host aggregate it
+        except RecordsNotWritten as exc:
+            self.lost, self.status = exc, "failed"
         self._vid_ready.wait(60)
         if self.status == "running":
             self.status = "completed"
         self.meta["status"] = self.status
         self.meta["end"] = datetime.now(UTC).isoformat()
         self.meta["outer_iters"] = max(self._outer_iters, self.meta.get("outer_iters") or 0)
-        self.meta["records"] = self.buffer.next_seq
+        self.meta["records"] = self.buffer.flushed_seq if self.lost else self.buffer.next_seq
         self.meta["attempts"][-1]["end"] = self.meta["end"]
         if self._resume_pending:  # the resume failed before restoring: the earlier attempt's records stand
             self.meta["attempts"].pop()
             self.meta["status"] = "failed"
-        self._save_meta()
+        try:
+            self._save_meta()
+        except OSError:
+            if not self.lost:
+                raise
+            self._report_lost(marked=False)  # the same full disk: the metadata still says running
+            return
+        if self.lost:  # the stream stays in the spool, readable up to its last batch, for `flor sync`
+            self._report_lost(marked=True)
+            return
         if not deferred and not self.store.offline:  # offline: the store said so; `flor sync` finalizes
             from flor_lib import compact
 
@@ -427,6 +456,16 @@ class Run:
                     self.store.go_offline(exc)  # the one error line: records stay in the spool for `flor sync`
                 else:
                     warn(f"records stay in the spool until `flor sync` ({exc})")
+
+
+    def _report_lost(self, marked: bool) -> None:
+        if config.debug():
+            import traceback
+
+            traceback.print_exception(self.lost)
+        state = "is marked failed" if marked else "could not be marked failed either"
+        print(f"flor: error: {self.lost}; run {self.runid} {state}: free disk space, then "
+              f"`flor resume {self.runid}` continues it from its last checkpoint", file=sys.stderr)
 
 
 def masked_argv(argv: list[str]) -> list[str]:

@@ -858,9 +858,6 @@ def test_a_full_disk_keeps_the_records_flushed_before_it_readable(disk_script, r
     assert run_meta("full")["status"] != "completed"
 
 
-@pytest.mark.xfail(reason="flor_lib/buffer.py:90 close() re-raises the write error inside the atexit commit "
-                          "(run.py:398): a traceback is printed, the metadata is never finalized and the process "
-                          "exits 0 although records were lost", strict=True)
 def test_a_full_disk_is_reported_in_one_line_and_fails_the_run(disk_script, run_script):
     proc = _disk_run(disk_script, run_script, "full")
     assert "Traceback" not in proc.stderr, proc.stderr
