@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from flows_fixtures import FLOR, flor, flows_env, show
 
 from flor_lib.store import Store
 
-SUBCOMMANDS = ["run", "sweep", "replay", "worker", "status", "ls", "show", "dataframe", "sql", "resume", "sync"]
+SUBCOMMANDS = ["run", "sweep", "replay", "worker", "status", "ls", "show", "dataframe", "sql", "resume", "sync",
+               "plot"]
 
 
 def test_query_commands_on_a_recorded_store(repo, store, run_script):
@@ -98,6 +100,31 @@ def test_every_subcommand_has_help_with_examples(repo):
         proc = flor(sub, "--help", cwd=repo, timeout=120)
         assert proc.returncode == 0, show(proc)
         assert "Usage: flor " + sub in proc.stdout and "Example" in proc.stdout, (sub, proc.stdout)
+
+
+def test_bash_completion_completes_subcommands_and_options(tmp_path):
+    script = flor("--show-completion", "bash", cwd=tmp_path, timeout=120)
+    assert script.returncode == 0 and "complete -o default -F _flor_completion flor" in script.stdout, show(script)
+    (tmp_path / "flor.bash").write_text(script.stdout)
+    shim = tmp_path / "bin" / "flor"  # the completion function calls `flor` itself: it may not be installed here
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m flor_flows.cli "$@"\n')
+    shim.chmod(0o755)
+    env = flows_env(PATH=f"{shim.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+    def complete(*words: str) -> list[str]:
+        """What bash offers for the last word, through the sourced script as a user's shell would run it."""
+        line = (f"source flor.bash; COMP_WORDS=({' '.join(map(shlex.quote, words))}); "
+                f"COMP_CWORD={len(words) - 1}; _flor_completion flor; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+        proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, show(proc)
+        return proc.stdout.split()
+
+    assert complete("flor", "re") == ["replay", "resume"]
+    assert set(SUBCOMMANDS) <= set(complete("flor", ""))
+    assert "--grid" in complete("flor", "sweep", "--gr")
+    assert complete("flor", "nosuch") == []
 
 
 def test_serve_is_flordb_spelling_of_worker(monkeypatch):
