@@ -438,9 +438,6 @@ def test_sigkill_of_a_replay_midway_leaves_no_backfill_and_a_rerun_completes_it(
     assert obs["sq"] == {k: (1, v) for k, v in SQ.items()}  # exactly one value per position
 
 
-@pytest.mark.xfail(reason="flor_lib/replay/engine.py:32 worktrees live under ~/.cache/flor/worktrees/<replay_id>/ "
-                          "and only finish_replay of the same replay removes them: a killed replay leaves its "
-                          "worktree (and its entry in the user's .git/worktrees) behind for good", strict=True)
 def test_a_killed_replay_leaves_no_worktree_behind_once_replayed_again(killed_replay):
     assert len(killed_replay["worktrees"]) == 1, killed_replay["worktrees"]
 

@@ -9,9 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 
 from flor_lib.errors import FlorError
@@ -19,7 +21,14 @@ from flor_lib.replay.plan import ReplayPlan, plan_replay
 from flor_lib.replay.segment import Segment
 from flor_lib.store import Store
 
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): stale worktrees are then left for finish_replay alone
+    fcntl = None
+
 __all__ = ["plan_replay", "run_segment", "finish_replay", "replay", "Segment", "ReplayPlan"]
+_swept: set[str] = set()  # replays that swept stale worktrees already (once per process is enough)
+_swept_lock = threading.Lock()
 
 
 def _pending_dir(store: Store, replay_id: str) -> Path:
@@ -27,9 +36,88 @@ def _pending_dir(store: Store, replay_id: str) -> Path:
     return store.spool.parent / "replays-pending" / replay_id
 
 
+def _worktrees_root() -> Path:
+    return Path.home() / ".cache" / "flor" / "worktrees"
+
+
 def _worktree_path(seg: Segment) -> Path:
     key = f"{seg.meta['repo']}\0{seg.vid}\0{seg.patched_source}".encode()
-    return Path.home() / ".cache" / "flor" / "worktrees" / seg.replay_id / hashlib.sha1(key).hexdigest()[:16]
+    return _worktrees_root() / seg.replay_id / hashlib.sha1(key).hexdigest()[:16]
+
+
+def _lock(replay_id: str, mode: int) -> int | None:
+    """An fd holding flock(mode) on <replay_id>.alive next to its worktrees; None when non-blocking and held."""
+    path = _worktrees_root() / f"{replay_id}.alive"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # a sweep deleted the file while we waited: lock the one there now
+
+
+@contextmanager
+def _alive(replay_id: str) -> Iterator[None]:
+    """Mark a replay as running (a shared lock, so its segments and driver can all hold it) while inside."""
+    fd = _lock(replay_id, fcntl.LOCK_SH) if fcntl else None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def sweep_stale_worktrees(keep: str, repos: set[Path]) -> list[str]:
+    """Remove the worktrees of replays nobody runs any more (killed ones) and prune git's records of them.
+
+    keep: the calling replay; repos: repositories to prune even when no stale worktree names them
+    (a sweep killed half-way). A replay holding its lock is never touched. Returns the ids removed.
+    """
+    root = _worktrees_root()
+    if fcntl is None or not root.is_dir():
+        return []
+    ids = {p.name for p in root.iterdir() if p.is_dir()} | {p.stem for p in root.glob("*.alive")}
+    gitdirs: set[Path] = set()
+    removed = []
+    for rid in sorted(ids - {keep}):
+        fd = _lock(rid, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if fd is None:  # alive: its driver or one of its segments holds it
+            continue
+        try:
+            gitdirs |= {g for tree in (root / rid).glob("*/") if (g := _common_gitdir(tree))}
+            shutil.rmtree(root / rid, ignore_errors=True)
+            (root / f"{rid}.alive").unlink(missing_ok=True)  # holders re-check the inode: see _lock
+            removed.append(rid)
+        finally:
+            os.close(fd)
+    for args in [["--git-dir", str(g)] for g in gitdirs] + [["-C", str(r)] for r in repos]:
+        subprocess.run(["git", *args, "worktree", "prune"], capture_output=True)
+    return removed
+
+
+def _common_gitdir(tree: Path) -> Path | None:
+    """The repository's .git of a worktree, from its .git file (gitdir: <repo>/.git/worktrees/<name>)."""
+    try:
+        text = (tree / ".git").read_text().strip()
+    except OSError:
+        return None
+    return Path(text.split(":", 1)[1].strip()).parent.parent if text.startswith("gitdir:") else None
+
+
+def _sweep_once(seg: Segment) -> None:
+    with _swept_lock:
+        if seg.replay_id in _swept:
+            return
+        _swept.add(seg.replay_id)
+    sweep_stale_worktrees(seg.replay_id, {Path(seg.meta["repo"])})
 
 
 def worktree(repo: Path, path: Path, vid: str, relpath: str, source: str) -> Path:
@@ -56,6 +144,12 @@ def remove_worktree(repo: Path, path: Path) -> None:
 
 def run_segment(seg: Segment, on_output: Callable[[str], None] | None = None, timeout: float | None = None) -> dict:
     """Re-execute one segment in a child process of the old version; return its result."""
+    with _alive(seg.replay_id):  # a sweep by another replay leaves this one's worktrees alone meanwhile
+        _sweep_once(seg)
+        return _run_segment(seg, on_output, timeout)
+
+
+def _run_segment(seg: Segment, on_output: Callable[[str], None] | None, timeout: float | None) -> dict:
     store = Store(seg.store_root or None)
     meta = seg.meta
     tree = worktree(Path(meta["repo"]), _worktree_path(seg), seg.vid, meta["filename"], seg.patched_source)
@@ -120,7 +214,10 @@ def finish_replay(plan: ReplayPlan, results: list[dict], store: Store | None = N
     for seg in {_worktree_path(s): s for s in plan.segments}.values():
         if _worktree_path(seg).exists():
             remove_worktree(Path(seg.meta["repo"]), _worktree_path(seg))
-    shutil.rmtree(Path.home() / ".cache" / "flor" / "worktrees" / plan.replay_id, ignore_errors=True)
+    shutil.rmtree(_worktrees_root() / plan.replay_id, ignore_errors=True)
+    if fcntl is not None and (fd := _lock(plan.replay_id, fcntl.LOCK_EX | fcntl.LOCK_NB)) is not None:
+        (_worktrees_root() / f"{plan.replay_id}.alive").unlink(missing_ok=True)
+        os.close(fd)
     return summary
 
 
@@ -168,7 +265,7 @@ def replay(names: list[str] | str, where: str | None = None, workers: int | None
     errors: list[str] = []
     from rich.progress import Progress
 
-    with Progress(disable=not progress or not sys.stderr.isatty(), transient=True) as bar:
+    with _alive(plan.replay_id), Progress(disable=not progress or not sys.stderr.isatty(), transient=True) as bar:
         task = bar.add_task(f"replay {', '.join(names)}", total=len(plan.segments))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(run_segment, seg): seg for seg in plan.segments}
