@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flor_lib.errors import FlorError
+from flor_lib.replay import zygote
 from flor_lib.replay.plan import ReplayPlan, plan_replay
 from flor_lib.replay.segment import Segment
 from flor_lib.store import Store
@@ -164,8 +165,8 @@ def _run_segment(seg: Segment, on_output: Callable[[str], None] | None, timeout:
     cwd = tree / (meta.get("cwd") or str(Path(meta["filename"]).parent))
     cmd = [sys.executable, str(tree / meta["filename"]), *meta.get("argv", [])]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    modules_file = spec.with_suffix(".modules.json")
+    proc, zyg = _start(seg, cmd, cwd, env, modules_file, tree)
     tail: list[str] = []
     try:
         for line in proc.stdout:
@@ -175,8 +176,16 @@ def _run_segment(seg: Segment, on_output: Callable[[str], None] | None, timeout:
         code = proc.wait(timeout=timeout)
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)  # cancelling a replay kills the whole process group
-        proc.wait()
+        try:
+            proc.wait(timeout=30)
+        except Exception:
+            if zyg:
+                zyg.broken = True
         raise
+    finally:
+        proc.stdout.close()
+        if zyg:
+            zygote.POOL.release(zyg, modules_file if modules_file.exists() else None)
     result_path = spec.with_suffix(".result.json")
     if code != 0 or not result_path.exists():
         shown = "\n".join(tail[-8:])
@@ -184,6 +193,20 @@ def _run_segment(seg: Segment, on_output: Callable[[str], None] | None, timeout:
     result = json.loads(result_path.read_text())
     result.update(seconds=round(time.perf_counter() - t0, 3), stream=str(stream), segment=seg.key)
     return result
+
+
+def _start(seg: Segment, cmd: list[str], cwd: Path, env: dict, modules_file: Path, tree: Path):
+    """The segment's process: forked from a zygote that already imported its libraries, else a new one."""
+    roots = [seg.meta["repo"], str(tree.parent.parent), str(tree)]
+    zyg = zygote.POOL.acquire(seg.replay_id, zygote.imports_of(seg.patched_source), roots, dict(os.environ))
+    if zyg is not None:
+        try:
+            return zyg.spawn(cmd[1:], str(cwd), env, str(modules_file)), zyg
+        except zygote.ZygoteGone:
+            zygote.POOL.release(zyg)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    return proc, None
 
 
 def finish_replay(plan: ReplayPlan, results: list[dict], store: Store | None = None):
@@ -210,6 +233,7 @@ def finish_replay(plan: ReplayPlan, results: list[dict], store: Store | None = N
                      {"replay_id": plan.replay_id, "names": plan.names, "levels": plan.levels, "notes": plan.notes,
                       "runs": summary.to_dict(orient="records"),
                       "mismatches": [m for r in results if r for m in r.get("mismatches", [])][:50]})
+    zygote.POOL.close(plan.replay_id)
     shutil.rmtree(_pending_dir(store, plan.replay_id), ignore_errors=True)
     for seg in {_worktree_path(s): s for s in plan.segments}.values():
         if _worktree_path(seg).exists():
