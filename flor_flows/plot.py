@@ -84,7 +84,9 @@ def _draw(ax, df, name: str, by: str, xlabel: str, title: str) -> None:
 def _draw_bars(ax, df, name: str, by: str, title: str) -> None:
     """A name logged outside every loop: one value per run, so one bar per group."""
     last = df.groupby(by, sort=False, dropna=False)["_y"].last()
-    ax.bar([str(k) for k in last.index], last.to_numpy())
+    bars = ax.bar([str(k) for k in last.index], last.to_numpy())
+    ax.bar_label(bars, fmt="%.4g", fontsize="small")  # bars from 0 hide small differences: print the values
+    ax.margins(y=0.15)
     ax.set_ylabel(name)
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
