@@ -63,7 +63,8 @@ def test_query_commands_on_a_recorded_store(repo, store, run_script):
 
 def test_query_commands_do_not_import_prefect(repo, store):
     code = ("import sys\nfrom flor_flows.cli import main\nassert main(['ls', '--json']) == 0\n"
-            "assert main(['status']) == 0\nassert 'prefect' not in sys.modules, 'prefect imported'\n")
+            "assert main(['status']) == 0\nassert 'prefect' not in sys.modules, 'prefect imported'\n"
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, env=flows_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, show(proc)
