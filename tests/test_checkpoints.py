@@ -65,6 +65,7 @@ def test_restoring_a_checkpoint_reproduces_later_losses_bit_for_bit(tmp_path, mo
         "        optimizer.step()\n", "        optimizer.step()\n        flor.log('lr_now', optimizer.param_groups[0]['lr'])\n"))
     monkeypatch.setenv("FLOR_STORE", str(store))
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("FLOR_REPLAY_MIN_SEGMENT_S", "0")  # split even this tiny run
     # four segments: the last three start from checkpoints and re-execute steps whose loss was recorded
     summary = replay(["lr_now"], workers=4, progress=False)
     assert summary["segments"][0] == 4

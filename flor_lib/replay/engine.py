@@ -281,7 +281,7 @@ def replay(names: list[str] | str, where: str | None = None, workers: int | None
     """Backfill names into past runs, locally with a pool of child processes (no Prefect)."""
     names = [names] if isinstance(names, str) else list(names)
     workers = workers or os.cpu_count() or 1
-    plan = plan_replay(names, where=where, force=force, workers=workers)
+    plan = plan_replay(names, where=where, force=force, workers=workers, prewarm=not dry_run)
     if dry_run:
         print(plan.describe())
         return plan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,14 +77,15 @@ def _segments_for_run(meta: dict, kinds: set[str], nested: bool, parts: int) -> 
             out.append((start, b, a, restore, b >= n))
         return out
     if "after" in kinds:
-        if not have or have[-1] != n - 1:  # no final checkpoint: fall back to re-executing the loops
+        if not have:  # no checkpoint at all: re-execute the loops
             return _segments_for_run(meta, {"inner"}, nested, 1)
-        return [((n - 1) if nested else n, n, n, [n - 1], True)]
+        last = have[-1]  # the final one, or the nearest earlier one (then the iterations after it re-execute)
+        return [(last if nested else last + 1, n, n, [last], True)]
     return [(0, 0, 0, [], False)]  # statements before the loops: setup only
 
 
 def plan_replay(names: list[str], where: str | None = None, force: bool = False, workers: int = 2,
-                store: Store | None = None, script: str | None = None) -> ReplayPlan:
+                store: Store | None = None, script: str | None = None, prewarm: bool = False) -> ReplayPlan:
     """Select runs by where, carry the statements logging names into each run's code, and split the work."""
     from flor_lib.query import Connection
 
@@ -133,6 +135,8 @@ def plan_replay(names: list[str], where: str | None = None, force: bool = False,
             except Exception as exc:  # the snapshot or repo is gone
                 patched[pkey] = TransplantError(f"cannot read version {meta['vid'][:8]}: {exc}")
         code = patched[pkey]
+        if prewarm and not isinstance(code, TransplantError):
+            _prewarm(plan.replay_id, code, meta["repo"])
         if isinstance(code, TransplantError):
             plan.skipped.append({"runid": meta["runid"], "vid": meta["vid"], "reason": str(code)})
             continue
@@ -141,7 +145,7 @@ def plan_replay(names: list[str], where: str | None = None, force: bool = False,
         kinds = {_level_kind(s, first_loop_line) for s in stmts}
         per_iter = _seconds_per_iteration(meta)
         for i, (start, stop, record_from, restore, final) in enumerate(
-                _segments_for_run(meta, kinds, nested, parts)):
+                _segments_for_run(meta, kinds, nested, _worth_splitting(meta, parts, per_iter))):
             executed = (stop - start) - len([r for r in restore if start <= r < stop and nested])
             plan.segments.append(Segment(
                 replay_id=plan.replay_id, key=f"{meta['runid']}-{i}", projid=meta["projid"], runid=meta["runid"],
@@ -149,6 +153,14 @@ def plan_replay(names: list[str], where: str | None = None, force: bool = False,
                 restore=restore, final=final, first=(i == 0), nested=nested, patched_source=code, meta=meta,
                 store_root=store.root, estimate_s=round(1.0 + executed * per_iter, 2)))
     return plan
+
+
+def _prewarm(replay_id: str, code: str, repo: str) -> None:
+    # the first version's libraries import while the other runs are planned and worktrees are made
+    from flor_lib.replay import zygote
+
+    roots = [repo, str(Path.home() / ".cache" / "flor" / "worktrees")]
+    zygote.POOL.prewarm(replay_id, zygote.imports_of(code), roots, dict(os.environ))
 
 
 def _with_existing_checkpoints(store: Store, meta: dict, plan: ReplayPlan) -> dict:
@@ -206,6 +218,13 @@ def _nested_by_ast(tree) -> bool:
         if is_loop(node) and any(is_loop(sub) for sub in ast.walk(node) if sub is not node):
             return True
     return False
+
+
+def _worth_splitting(meta: dict, parts: int, per_iter: float) -> int:
+    """How many segments one run's work is split into: a part must outweigh a segment's start-up."""
+    min_s = float(os.environ.get("FLOR_REPLAY_MIN_SEGMENT_S", "10"))
+    work = per_iter * int(meta.get("outer_iters") or 0)
+    return max(1, min(parts, int(work // min_s) if min_s > 0 else parts))
 
 
 def _seconds_per_iteration(meta: dict) -> float:

@@ -83,9 +83,19 @@ class Zygote:
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, env={**env, "PYTHONUNBUFFERED": "1"}, cwd=tempfile.gettempdir(),
                 start_new_session=True)
-        ready = self.recv()
-        # a library that starts threads or pulls flor_lib in at import cannot be forked safely
-        self.usable = ready.get("threads") == 1 and not ready.get("flor_loaded")
+        self._usable: bool | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether the server is ready and safe to fork from (waits for its imports the first time)."""
+        if self._usable is None:
+            try:
+                ready = self.recv()
+            except ZygoteGone:
+                ready = {}
+            # a library that starts threads or pulls flor_lib in at import cannot be forked safely
+            self._usable = ready.get("threads") == 1 and not ready.get("flor_loaded")
+        return self._usable
 
     def recv(self) -> dict:
         """The next reply, or ZygoteGone when the server is gone."""
@@ -102,6 +112,8 @@ class Zygote:
 
     def spawn(self, argv: list[str], cwd: str, env: dict[str, str], modules_out: str) -> ForkedChild:
         """Fork a child running argv (a script and its args) in cwd with env."""
+        if not self.usable:
+            raise ZygoteGone("replay server not usable")
         r, w = os.pipe()
         try:
             req = {"op": "run", "argv": argv, "cwd": cwd, "env": env, "modules_out": modules_out}
@@ -122,15 +134,15 @@ class Zygote:
         except (OSError, ValueError):
             return
         new = [n for n in names if n.split(".")[0] in self.tops][:MAX_LEARNED]
-        if new:
+        if new and self.usable:
             self.sock.send(json.dumps({"op": "import", "modules": new}).encode())
             self.recv()
 
     def close(self) -> None:
-        """Stop the server (its children are waited for by then)."""
+        """Stop the server: it exits as soon as it sees its socket closed."""
         self.sock.close()
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -143,22 +155,34 @@ class Pool:
         self.lock = threading.Lock()
         self.idle: dict[tuple[str, tuple[str, ...]], list[Zygote]] = {}
 
+    def prewarm(self, replay_id: str, modules: list[str], roots: list[str], env: dict[str, str]) -> None:
+        """Start importing for a replay's first segment while the rest of the replay is planned."""
+        if enabled() and modules and not self.idle.get((replay_id, tuple(modules))):
+            z = self._start(replay_id, modules, roots, env)
+            if z is not None:
+                with self.lock:
+                    self.idle.setdefault(z.key, []).append(z)
+
     def acquire(self, replay_id: str, modules: list[str], roots: list[str], env: dict[str, str]) -> Zygote | None:
         """An idle zygote for these modules, a new one, or None when forking is off or unusable."""
         if not enabled() or not modules:
             return None
         key = (replay_id, tuple(modules))
         with self.lock:
-            if self.idle.get(key):
-                return self.idle[key].pop()
-        try:
-            z = Zygote(modules, roots, env)
-        except (ZygoteGone, OSError):
-            return None
-        if not z.usable:
+            z = self.idle[key].pop() if self.idle.get(key) else None
+        z = z or self._start(replay_id, modules, roots, env)
+        if z is not None and not z.usable:
             z.close()
             return None
-        z.key = key
+        return z
+
+    @staticmethod
+    def _start(replay_id: str, modules: list[str], roots: list[str], env: dict[str, str]) -> Zygote | None:
+        try:
+            z = Zygote(modules, roots, env)
+        except OSError:
+            return None
+        z.key = (replay_id, tuple(modules))
         return z
 
     def release(self, z: Zygote, modules_file: Path | None = None) -> None:
