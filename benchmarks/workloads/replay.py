@@ -34,6 +34,7 @@ SECTION = "Replay"
 TARGETS = {"after": ">= 20x faster", "epoch": "~ setup + a restore per epoch", "inner": "-"}
 FDB_ITERS = {"after": [], "epoch": [], "inner": ["epoch=all", "step=all"]}  # FlorDB: backfill every step too
 LRS = [0.001, 0.002, 0.0005, 0.003]
+LONG_EPOCHS = 1500  # ~2 minutes of training on this machine, where the short runs are mostly imports
 CHILD = """
 import json, sys
 from flor_lib.replay.engine import replay
@@ -55,22 +56,25 @@ def available(ctx: Ctx) -> str:
 class Bench:
     """A scratch repo with recorded runs of a script, then the patched script committed."""
 
-    def __init__(self, ctx: Ctx, script: scripts.Script, runs: int) -> None:
-        self.ctx, self.script = ctx, script
-        self.repo = scratch_repo(ctx.work / "replay-flor", {"train.py": script.source})
-        self.recorded = ctx.work / "store-replay-recorded"
+    def __init__(self, ctx: Ctx, script: scripts.Script, runs: int, levels: tuple[str, ...] | None = None,
+                 tag: str = "") -> None:
+        self.ctx, self.script, self.tag = ctx, script, tag
+        self.repo = scratch_repo(ctx.work / f"replay-flor{tag}", {"train.py": script.source})
+        self.recorded = ctx.work / f"store-replay-recorded{tag}"
         shutil.rmtree(self.recorded, ignore_errors=True)
         env = base_env(FLOR_STORE=str(self.recorded), PYTHONPATH=str(ROOT), FLOR_FLUSH_SECONDS="0.5")
         ctx.say(f"replay: recording {runs} run(s) of {script.describe()}")
+        self.recording = []
         for i, lr in enumerate(LRS[:runs]):
-            run_child([PYTHON, "train.py", "--flor", f"rp-{i}", "--lr", str(lr), *fdb.flor_cli_args(script.args)],
-                      cwd=self.repo, env=env)
-        (self.repo / "train.py").write_text(script.patched())
+            c = run_child([PYTHON, "train.py", "--flor", f"rp-{i}", "--lr", str(lr),
+                           *fdb.flor_cli_args(script.args)], cwd=self.repo, env=env, timeout=1800)
+            self.recording.append(c.wall)
+        (self.repo / "train.py").write_text(script.patched(levels))
         commit_all(self.repo, "hindsight statements")
 
     def replay(self, names: list[str], where: str, workers: int, expect: dict) -> dict:
         """Wall and CPU seconds of one replay command (segments included) from a fresh copy of the recorded store."""
-        store = self.ctx.work / "store-replay"
+        store = self.ctx.work / f"store-replay{self.tag}"
         shutil.rmtree(store, ignore_errors=True)
         shutil.copytree(self.recorded, store)
         c = run_child([PYTHON, "-c", CHILD, json.dumps(names), where, str(workers)], cwd=self.repo,
@@ -82,10 +86,10 @@ class Bench:
 
     def rerun(self, rep: int) -> dict:
         """Recording the patched script from scratch: what a replay saves."""
-        store = self.ctx.work / "store-rerun"
+        store = self.ctx.work / f"store-rerun{self.tag}"
         shutil.rmtree(store, ignore_errors=True)
         c = run_child([PYTHON, "train.py", "--flor", f"rerun-{rep}", *fdb.flor_cli_args(self.script.args)],
-                      cwd=self.repo, env=base_env(FLOR_STORE=str(store), PYTHONPATH=str(ROOT)))
+                      cwd=self.repo, env=base_env(FLOR_STORE=str(store), PYTHONPATH=str(ROOT)), timeout=1800)
         return {"s": c.wall, "cpu": c.cpu}
 
 
@@ -137,6 +141,28 @@ def run(ctx: Ctx) -> list[Row]:
                           "flordb": {k.split(":", 1)[1]: v["s"].values for k, v in res.items()
                                      if k.startswith("fdb:") and "s" in v}}
     rows += scale_out(ctx, b, per_run, reps)
+    return rows + long_run(ctx)
+
+
+def long_run(ctx: Ctx) -> list[Row]:
+    """The same statements on a run whose training, not its imports, dominates (as in real use)."""
+    script = scripts.tutorial(LONG_EPOCHS)
+    b = Bench(ctx, script, 1, levels=("after", "epoch"), tag="-long")
+    per_run = script.per_run()
+    variants = {"rerun": b.rerun}
+    for level in ("after", "epoch"):
+        name = script.statements[level][0]
+        variants[level] = (lambda nm, n: lambda rep: b.replay([nm], "runid = 'rp-0'", 2, {nm: n}))(
+            name, per_run[level])
+    ctx.say(f"replay: 1 x {'/'.join(variants)} of one long run ({script.describe()})")
+    res = interleave(variants, 1)
+    base = res["rerun"]["s"]
+    rows = []
+    for level in ("after", "epoch"):
+        rows.append(Row(SECTION, f"tutorial, long run (epochs={LONG_EPOCHS}), {LEVELS[level]}: replay one run, wall s",
+                        flor=fmt_sample(res[level]["s"], "s"), base=fmt_sample(base, "s") + " re-run",
+                        flordb=ctx.na("not measured at this length") if ctx.flordb else ctx.na(),
+                        flor_vs=fmt_ratio(ratios(base, res[level]["s"])) + " speed-up", target=TARGETS[level]))
     return rows
 
 

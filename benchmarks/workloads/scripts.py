@@ -28,10 +28,12 @@ class Script:
     def source(self) -> str:
         return self.path.read_text()
 
-    def patched(self) -> str:
-        """The script with every level's statement added (RNG-neutral, as in tests/replay_story.py)."""
+    def patched(self, levels: tuple[str, ...] | None = None) -> str:
+        """The script with each level's statement added (RNG-neutral, as in tests/replay_story.py)."""
         src = self.source
-        for _, old, new in self.statements.values():
+        for level, (_, old, new) in self.statements.items():
+            if levels is not None and level not in levels:
+                continue
             if old not in src:
                 raise BenchError(f"{self.path.name} changed: no place for a hindsight statement at {old.strip()!r}")
             src = src.replace(old, new, 1)
