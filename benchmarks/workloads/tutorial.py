@@ -56,28 +56,50 @@ def run(ctx: Ctx) -> list[Row]:
     return rows
 
 
+LOOP_START, LOOP_END = "# Train the model\n", "# Test the model\n"
+
+
+def timed(src: str) -> str:
+    """The script printing the wall and CPU seconds (all threads) of its training loops."""
+    if LOOP_START not in src or LOOP_END not in src:
+        return src
+    return (src.replace(LOOP_START, "import time as _bt\n_bt0 = (_bt.perf_counter(), _bt.process_time())\n"
+                        + LOOP_START, 1)
+            .replace(LOOP_END, 'print("BENCH_LOOP", _bt.perf_counter() - _bt0[0], _bt.process_time() - _bt0[1], '
+                     "flush=True)\n" + LOOP_END, 1))
+
+
+def loop_times(out: str) -> dict:
+    """The training loops' seconds printed by a timed script (empty when it printed none)."""
+    for line in out.splitlines():
+        if line.startswith("BENCH_LOOP "):
+            wall, cpu = map(float, line.split()[1:3])
+            return {"loop_wall": wall, "loop_cpu": cpu}
+    return {}
+
+
 def measure(ctx: Ctx, script: scripts.Script) -> list[Row]:
     """Interleaved plain / flor / FlorDB runs of one script."""
     args = script.args
     tag = script.path.stem
-    where = repos(ctx, tag, script.source)
+    where = repos(ctx, tag, timed(script.source))
     store = ctx.work / f"store-{tag}"
     flor_env = base_env(FLOR_STORE=str(store), PYTHONPATH=str(ROOT))
     plain_env = base_env(PYTHONPATH=str(STUB))
 
     def plain(rep: int) -> dict:
         c = run_child([PYTHON, "train.py", *fdb.flor_cli_args(args)], cwd=where["plain"], env=plain_env)
-        return {"cpu": c.cpu, "wall": c.wall}
+        return {"cpu": c.cpu, "wall": c.wall, **loop_times(c.out)}
 
     def flor(rep: int) -> dict:
         c = run_child([PYTHON, "train.py", "--flor", f"ovh-{rep}", *fdb.flor_cli_args(args)], cwd=where["flor"],
                       env=flor_env)
-        return {"cpu": c.cpu, "wall": c.wall}
+        return {"cpu": c.cpu, "wall": c.wall, **loop_times(c.out)}
 
     def flordb(rep: int) -> dict:
         c = run_child([str(ctx.flordb_python), "train.py", *fdb.cli_args(args)], cwd=where["flordb"],
                       env=fdb.env(base_env()))
-        return {"cpu": c.cpu, "wall": c.wall}
+        return {"cpu": c.cpu, "wall": c.wall, **loop_times(c.out)}
 
     def flor_min_ckpt(rep: int) -> dict:  # first and last checkpoint only: recording without the eps budget
         c = run_child([PYTHON, "train.py", "--flor", f"eps0-{rep}", *fdb.flor_cli_args(args)], cwd=where["flor"],
@@ -94,6 +116,15 @@ def measure(ctx: Ctx, script: scripts.Script) -> list[Row]:
     res = interleave(variants, reps)
     label = script.describe()
     rows = []
+    for key, what in (("loop_cpu", "training loops CPU s (in script, all threads)"),
+                      ("loop_wall", "training loops wall s (in script)")):
+        if key in res["flor"] and key in res["plain"]:
+            p, f = res["plain"][key], res["flor"][key]
+            d = res.get("flordb", {}).get(key)
+            rows.append(Row(SECTION, f"{label}: {what}", flor=fmt_sample(f, "s"), base=fmt_sample(p, "s"),
+                            flordb=fmt_sample(d, "s") if d else ctx.na(), flor_vs=fmt_pct(ratios(f, p)),
+                            flordb_vs=fmt_pct(ratios(d, p)) if d else "-",
+                            target="flor < +2% (logging must not slow training)" if key == "loop_cpu" else ""))
     for key, what in (("cpu", "CPU s per run (user+sys)"), ("wall", "wall s per run")):
         p, f = res["plain"][key], res["flor"][key]
         d = res.get("flordb", {}).get(key)
