@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -38,8 +40,9 @@ class RecordBuffer:
         self._source = source
         self._replay_id = replay_id
         self._interval = interval
-        self._rows: list[Row] = []
-        self._lock = threading.Lock()
+        # deque.append and next() are atomic under the GIL: the training thread takes no lock
+        self._rows: deque[Row] = deque()
+        self._counter = itertools.count(first_seq)
         self._io_lock = threading.Lock()
         self._seq = first_seq
         self._first_seq = first_seq
@@ -65,24 +68,23 @@ class RecordBuffer:
 
     def append(self, ctx: tuple, kind: str, name: str, vtype: str, number, text) -> None:
         """Buffer one record; called on the training thread, so it only appends a tuple."""
-        with self._lock:
-            self._rows.append((self._seq, ctx, kind, name, vtype, number, text))
-            self._seq += 1
+        seq = next(self._counter)
+        self._rows.append((seq, ctx, kind, name, vtype, number, text))
+        self._seq = seq + 1  # exact when one thread logs; with several, seqs still never repeat
 
     def flush(self) -> int:
         """Write everything buffered so far and fsync it; return the durable sequence bound."""
         with self._io_lock:
-            with self._lock:
-                rows, self._rows = self._rows, []
-                bound = self._seq
+            pending = self._rows
+            rows = [pending.popleft() for _ in range(len(pending))]  # only this side pops
+            bound = max(self.flushed_seq, max(r[0] for r in rows) + 1) if rows else self.flushed_seq
             if rows:
                 size = _size(self.path)
                 try:
                     self._write(rows)
                 except BaseException:
                     self._cut_back(size)
-                    with self._lock:  # keep them for the next flush (a full disk may free up)
-                        self._rows[:0] = rows
+                    self._rows.extendleft(reversed(rows))  # kept for the next flush (a full disk may free up)
                     raise
             self.flushed_seq = bound
             return bound
@@ -98,8 +100,7 @@ class RecordBuffer:
             self.flush()
         except Exception as exc:
             self._close_file()
-            with self._lock:
-                lost = len(self._rows)
+            lost = len(self._rows)
             raise RecordsNotWritten(self.path, lost, self.flushed_seq - self._first_seq, exc) from exc
         self._close_file()
         if mirror:

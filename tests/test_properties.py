@@ -230,3 +230,32 @@ def test_a_loop_named_v_does_not_break_the_wide_view(tmp_path):
     write_run(store, "r", [((("v", 0),), "loss", 1.5), ((("v", 1),), "loss", 0.5)])
     df = dataframe("loss", store=store)
     assert df["loss"].tolist() == [1.5, 0.5] and df["v"].tolist() == [0, 1]
+
+
+def test_records_logged_from_several_threads_while_flushing_are_all_kept_once(tmp_path):
+    import threading
+
+    from flor_lib.buffer import read_stream
+
+    store = Store(str(tmp_path / "store"))
+    keys = {"projid": PROJID, "runid": "threads", "tstamp": datetime(2024, 1, 1, tzinfo=UTC).isoformat(),
+            "vid": "0" * 40, "filename": "train.py"}
+    path = store.spool / PROJID / "threads" / "a1.arrows"
+    buffer = RecordBuffer(path, keys, attempt=1, interval=0.001)  # the flush thread drains while they append
+
+    def log(t: int) -> None:
+        for i in range(20_000):
+            buffer.append((("i", i),), "log", f"t{t}", "int", float(i), str(i))
+
+    threads = [threading.Thread(target=log, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    buffer.close()
+    table = read_stream(path).to_pandas()
+    assert len(table) == 80_000 and table["seq"].is_unique
+    assert sorted(table["seq"]) == list(range(80_000)) and buffer.next_seq <= 80_000
+    for t in range(4):  # each thread's records keep their order
+        assert table.loc[table["name"] == f"t{t}"].sort_values("seq")["value_text"].astype(int).tolist() == \
+            list(range(20_000))
