@@ -149,6 +149,10 @@ def finalize_stream(store: Store, stream: Path, keep_below_seq: int | None = Non
     if keep_below_seq is not None:
         table = table.filter(pc.less(table["seq"], keep_below_seq))
     projid = stream.parent.parent.name
+    if table.num_rows and table["vid"].null_count:  # flushed before the code snapshot was taken
+        vid = (store.run_meta(projid, stream.parent.name) or {}).get("vid")
+        if vid:
+            table = table.set_column(table.schema.get_field_index("vid"), "vid", pc.fill_null(table["vid"], vid))
     if table.num_rows:
         store.write_bytes(f"{store.records_dir(projid)}/{_parquet_name(stream)}", _parquet_bytes(table))
     if live if live is not None else stream.name.startswith("a"):

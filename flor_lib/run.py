@@ -150,11 +150,10 @@ class Run:
         run = self
 
         class Keys(dict):
-            """Run keys read at flush time, so the first flush can wait for the snapshot's vid."""
+            """Run keys read at flush time: batches flushed before the code snapshot is taken carry no vid
+            (finalizing fills it in), so a slow snapshot never delays the first durable records."""
 
             def __getitem__(self, key):
-                if key == "vid" and run.replay is None:
-                    run._vid_ready.wait(60)
                 return run.meta.get(key)
 
         return Keys()

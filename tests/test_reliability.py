@@ -1134,3 +1134,44 @@ def test_the_shadow_branch_never_holds_ignored_or_oversized_files(repo, write_sc
         assert subprocess.run(["git", "cat-file", "-e", blob], cwd=repo).returncode != 0, f"{name} was hashed"
     assert git(repo, "cat-file", "-p", f"{vid}:huge-link") == "sub/deep/big.bin"
     assert "sub/deep/big.bin" in run_meta("snap")["snapshot_skipped"]
+
+
+SLOW_SNAPSHOT = """
+import os, signal, time
+import flor_lib as flor
+import flor_lib.versions as versions
+
+real = versions.snapshot
+
+
+def slow(*args, **kwargs):
+    time.sleep(float(os.environ["SLOW_SNAPSHOT"]))
+    return real(*args, **kwargs)
+
+
+versions.snapshot = slow
+flor.arg("x", 1)
+for i in flor.loop("i", range(3)):
+    flor.log("v", i)
+time.sleep(1.5)  # several flush intervals
+if os.environ.get("DIE"):
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_records_are_durable_before_a_slow_code_snapshot_and_get_its_vid(repo, store, write_script, run_script):
+    import flor_lib as flor
+    from flor_lib.buffer import read_stream
+
+    write_script(repo, "slow.py", SLOW_SNAPSHOT, commit=True)
+    fast = {"FLOR_FLUSH_SECONDS": "0.2"}
+    t0 = time.monotonic()
+    died = run_script(repo, "--flor", "killed", script="slow.py", env={**fast, "SLOW_SNAPSHOT": "60", "DIE": "1"})
+    assert died.returncode == -9 and time.monotonic() - t0 < 30, died.stderr[-2000:]
+    streams = list(store.glob("spool/*/killed/a1.arrows")) or list(store.rglob("killed/a1.arrows"))
+    got = read_stream(streams[0]).to_pandas()
+    assert got.loc[got["name"] == "v", "value_text"].tolist() == ["0", "1", "2"]  # durable: no snapshot yet
+    run_script(repo, "--flor", "slow", script="slow.py", env={**fast, "SLOW_SNAPSHOT": "2.5"}, check=True)
+    meta = json.loads(next(store.glob("runs/*/slow.json")).read_text())
+    rows = flor.sql("SELECT DISTINCT vid FROM logs WHERE runid = 'slow'")
+    assert meta["vid"] and rows["vid"].tolist() == [meta["vid"]]  # early batches got the vid when finalized
