@@ -44,6 +44,8 @@ def run(script: str = typer.Argument(..., help="The training script (a Python fi
                                             "(or 'auto': every FLOR_SEGMENT_MINUTES) that resume on retry."),
         retries: int = typer.Option(0, "--retries", help="Retries per segment (each resumes from the last "
                                     "checkpoint)."),
+        pool: str | None = typer.Option(None, "--pool", help="With --segments: run each segment on any worker "
+                                        "of this work pool (a lost worker's segment resumes on another)."),
         json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON.")) -> None:
     """Record one training run as a Prefect flow (snapshot_code -> execute -> aggregate_logs).
 
@@ -54,6 +56,8 @@ def run(script: str = typer.Argument(..., help="The training script (a Python fi
     script = _check_script(script)
     if segments is not None and segments != "auto" and not segments.isdigit():
         raise FlorError(f"--segments {segments!r}: expected a number of outer iterations or 'auto'")
+    if pool and not segments:
+        raise FlorError("--pool needs --segments (flor sweep --pool runs whole runs on a pool)")
     from flor_flows import runtime
 
     runtime.prepare_env()
@@ -62,7 +66,7 @@ def run(script: str = typer.Argument(..., help="The training script (a Python fi
 
     check_segmentable(script, segments)
     state = runtime.call_flow(training_run, script=script, args=list(script_args or []), name=name or new_name(),
-                              timeout_s=timeout, cwd=cwd, segments=segments, retries=retries)
+                              timeout_s=timeout, cwd=cwd, segments=segments, retries=retries, pool=pool)
     if not state.is_completed():
         raise _flow_failure(state)
     item = state.result()

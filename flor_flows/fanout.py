@@ -16,6 +16,7 @@ ENTRYPOINTS = {
     "flor-sweep": "flor_flows/sweep.py:sweep",
     "flor-replay": "flor_flows/replay.py:replay_flow",
     "flor-replay-segment": "flor_flows/replay.py:replay_segment",
+    "flor-run-segment": "flor_flows/segment_deploy.py:training_segment",
 }
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 

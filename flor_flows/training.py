@@ -196,11 +196,12 @@ def _flow_run_name() -> str:
 def training_run(script: str, args: list[str] | None = None, name: str | None = None, sweep: str | None = None,
                  cwd: str | None = None, timeout_s: float | None = None, store: str | None = None,
                  resume: str | None = None, segments: str | int | None = None, retries: int = 0,
-                 retry_delay_s: float = 1.0) -> dict[str, Any]:
+                 retry_delay_s: float = 1.0, pool: str | None = None) -> dict[str, Any]:
     """Record one training run: snapshot the code, run the script, aggregate its records (flor run).
 
     With segments (N outer iterations, or "auto"), execute is a chain of segment tasks whose retries
-    resume the run from its last checkpoint.
+    resume the run from its last checkpoint; with a pool too, each segment is a `flor-run-segment` flow
+    run on whichever worker of the pool takes it, re-submitted when it fails or its worker is lost.
     """
     script = str(Path(script).expanduser().resolve())
     name = name or new_name()
@@ -212,6 +213,12 @@ def training_run(script: str, args: list[str] | None = None, name: str | None = 
     if segments:
         from flor_flows.segments import run_segments
 
+        if pool:  # each segment a flow run on whichever worker of the pool is free
+            from functools import partial
+
+            from flor_flows.segment_deploy import run_segments_on_pool
+
+            run_segments = partial(run_segments_on_pool, pool=pool)
         try:
             outcome = run_segments(script, args or [], name=name, projid=snap["projid"], segments=segments,
                                    retries=retries, retry_delay_s=retry_delay_s, store=store, cwd=cwd,

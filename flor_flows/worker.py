@@ -118,6 +118,7 @@ def run_worker(gpu: int | None = None, pool: str | None = None, name: str | None
     pool = pool or (DEFAULT_GPU_POOL if gpu is not None else DEFAULT_CPU_POOL)
     env = worker_env(gpu)
     name = name or default_name(gpu, env)
+    env["FLOR_WORKER_NAME"] = name  # recorded per attempt by the training processes this worker starts
     if create_pool:
         from flor_flows import fanout, runtime
 
