@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from flor_lib import compact
@@ -149,6 +150,34 @@ def runs_frame(store: Store | None = None, metas: list[dict] | None = None) -> p
     return df
 
 
+_LOOPS_BY_FILE: dict[tuple, set[tuple[str, ...]]] = {}
+
+
+def _distinct_loop_lists(column: pa.ChunkedArray) -> set[tuple[str, ...]]:
+    joined = pc.unique(pc.binary_join(column, "\x1f")).to_pylist()
+    return {tuple(j.split("\x1f")) if j else () for j in joined if j is not None}
+
+
+def loop_names(data: ds.Dataset) -> list[str]:
+    """Every loop name in the records, outer loops first; each Parquet file is read once per process."""
+    lists: set[tuple[str, ...]] = set()
+    for part in data.children if isinstance(data, ds.UnionDataset) else [data]:
+        if isinstance(part, ds.FileSystemDataset):
+            for frag in part.get_fragments():
+                info = frag.filesystem.get_file_info(frag.path)
+                key = (frag.path, info.size, info.mtime_ns)  # a run resumed later rewrites its file in place
+                if key not in _LOOPS_BY_FILE:
+                    _LOOPS_BY_FILE[key] = _distinct_loop_lists(frag.to_table(columns=["loops"]).column("loops"))
+                lists |= _LOOPS_BY_FILE[key]
+        else:  # streams of live runs: small, and they grow
+            lists |= _distinct_loop_lists(part.to_table(columns=["loops"]).column("loops"))
+    depth: dict[str, int] = {}
+    for loops in lists:
+        for i, name in enumerate(loops):
+            depth[name] = min(depth.get(name, i), i)
+    return sorted(depth, key=lambda n: (depth[n], n))
+
+
 class Connection:
     """A read-only DuckDB connection with views `logs`, `runs` and `records` over one store."""
 
@@ -168,8 +197,7 @@ class Connection:
             "CREATE VIEW records AS SELECT r.* FROM records_raw r LEFT JOIN cuts c ON r.runid = c.c_runid "
             "AND r.projid = c.c_projid AND r.attempt = c.c_attempt AND r.source = 'record' "
             "WHERE c.c_bound IS NULL OR r.seq < c.c_bound")
-        self.loops = [r[0] for r in self._execute("SELECT DISTINCT unnest(loops) FROM records").fetchall() if r[0]]
-        self.loops.sort(key=self._loop_order)
+        self.loops = loop_names(self.records)
         loop_cols = "".join(f', iters[list_position(loops, {_lit(n)})] AS "{n}"' for n in self.loops)
         self.con.execute(
             "CREATE VIEW logs AS SELECT projid, runid, tstamp, vid, filename" + loop_cols +
@@ -179,12 +207,6 @@ class Connection:
         self.con.execute("CREATE VIEW runs AS SELECT * FROM runs_df")
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
-
-    def _loop_order(self, name: str) -> tuple:
-        row = self._execute(
-            "SELECT min(list_position(loops, ?)) FROM records WHERE list_contains(loops, ?)", [name, name]
-        ).fetchone()
-        return (row[0] or 0, name)
 
     def _execute(self, query: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
         """Execute a query; when a record file was merged away since the dataset was built, rebuild and rerun."""
