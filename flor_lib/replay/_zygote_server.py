@@ -8,6 +8,7 @@ replies likewise.
 
 import atexit
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -90,6 +91,7 @@ def _child(req: dict, out_fd: int, sock: socket.socket) -> None:
     main = types.ModuleType("__main__")
     main.__file__ = script
     main.__builtins__ = __builtins__
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", script)
     sys.modules["__main__"] = main
     code = 0
     try:
