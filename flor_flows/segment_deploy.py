@@ -43,6 +43,14 @@ def _worker_name() -> str | None:
     return labels.get("prefect.worker.name")
 
 
+def _own_pool() -> str | None:
+    """The work pool of the worker running this process's flow run, if a worker runs it."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return (getattr(getattr(ctx, "flow_run", None), "labels", None) or {}).get("prefect.work-pool.name")
+
+
 def _label(**labels: Any) -> None:
     """Publish facts about this segment run as flow-run labels (the coordinator reads them back)."""
     from prefect.client.orchestration import get_client
@@ -83,11 +91,12 @@ class LostRuns:
 
     def __init__(self, pool: str, lost_after_s: float) -> None:
         self.pool, self.lost_after_s = pool, lost_after_s
+        self.clock = time.monotonic
         self._since: dict[tuple[str, str], tuple[Any, float]] = {}
 
     def _unchanged_for(self, key: tuple[str, str], value: Any) -> float:
         # server and worker clocks may be skewed: only changes seen from here count
-        now = time.monotonic()
+        now = self.clock()
         seen = self._since.get(key)
         if seen is None or seen[0] != value:
             self._since[key] = (value, now)
@@ -198,6 +207,9 @@ def run_segments_on_pool(script: str, args: list[str], *, name: str, projid: str
     deployment = fanout.ensure_deployment(SEGMENT_FLOW, pool)
     if not fanout.online_workers(pool):
         log.warning("no worker is online on pool %s: segments wait until one starts", pool)
+    if _own_pool() == pool:
+        log.warning("this coordinator holds a worker slot of pool %s for the whole run: with one worker there, "
+                    "its segments never start (run the coordinator where you type, or on another pool)", pool)
     lost = LostRuns(pool, lost_after_s or float(os.environ.get("FLOR_SEGMENT_LOST_SECONDS", 3 * HEARTBEAT_S)))
     runid = free_runid(st, projid, name)
     tries: list[dict[str, Any]] = []

@@ -22,6 +22,7 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from flows_fixtures import (
@@ -187,3 +188,62 @@ def test_a_segment_whose_worker_dies_resumes_on_another_worker(flows_server, rep
         for proc, _ in workers.values():
             if proc.poll() is None:
                 _kill_tree(proc)
+
+
+class _Server:
+    """What LostRuns reads from Prefect: workers of the pool and flow-run heartbeat events."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, tuple[str, int]] = {}  # name -> (status, last heartbeat tick)
+        self.beats: dict[str, int] = {}  # flow run id -> its last heartbeat event
+
+    def read_workers_for_work_pool(self, pool):
+        return [SimpleNamespace(name=n, status=SimpleNamespace(value=st), last_heartbeat_time=t,
+                                heartbeat_interval_seconds=2) for n, (st, t) in self.workers.items()]
+
+    def read_events(self, flt, limit):
+        run_id = flt.resource.id[0].removeprefix("prefect.flow-run.")
+        beat = self.beats.get(run_id)
+        return SimpleNamespace(events=[] if beat is None else [SimpleNamespace(id=beat)])
+
+
+def _run(state: str, worker: str | None):
+    return SimpleNamespace(id=uuid.uuid4(), labels={"prefect.worker.name": worker} if worker else {},
+                           state=SimpleNamespace(type=SimpleNamespace(value=state)))
+
+
+def _watch(server, run, seconds: int, worker_beats: bool, run_beats: bool):
+    """Let `seconds` pass, one poll a second; return the first verdict that the run is lost, or None."""
+    from flor_flows.segment_deploy import LostRuns
+
+    lost = LostRuns("pool", lost_after_s=35)
+    now = [0.0]
+    lost.clock = lambda: now[0]
+    for tick in range(seconds):
+        now[0] = float(tick)
+        if worker_beats and run.labels:
+            server.workers[run.labels["prefect.worker.name"]] = ("ONLINE", tick // 2)
+        if run_beats:
+            server.beats[str(run.id)] = tick // 30
+        why = lost.lost(server, run)
+        if why:
+            return tick, why
+    return None
+
+
+def test_a_run_is_lost_only_when_its_worker_and_its_own_heartbeats_are_both_silent():
+    server = _Server()
+    # a worker restarted on its own: its flow run goes on beating and must not get a twin
+    server.workers["w0"] = ("OFFLINE", 0)
+    assert _watch(server, _run("RUNNING", "w0"), 300, worker_beats=False, run_beats=True) is None
+    # the flow run is silent but its worker lives (it would see its process die and report Crashed)
+    assert _watch(server, _run("RUNNING", "w1"), 300, worker_beats=True, run_beats=False) is None
+    # a lost machine: worker OFFLINE, run silent -> lost once the run has been silent for lost_after_s
+    tick, why = _watch(server, _run("RUNNING", "w0"), 300, worker_beats=False, run_beats=False)
+    assert tick == 35 and "worker w0 lost" in why
+    # a worker that vanished from the pool, or stopped beating while still shown ONLINE
+    assert _watch(server, _run("PENDING", "gone"), 300, worker_beats=False, run_beats=False)[0] == 35
+    server.workers["w2"] = ("ONLINE", 7)
+    assert _watch(server, _run("RUNNING", "w2"), 300, worker_beats=False, run_beats=False)[0] == 35
+    # not yet picked up by a worker: any worker may still take it
+    assert _watch(server, _run("SCHEDULED", None), 300, worker_beats=False, run_beats=False) is None
