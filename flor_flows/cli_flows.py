@@ -61,6 +61,8 @@ def run(script: str = typer.Argument(..., help="The training script (a Python fi
     from flor_flows import runtime
 
     runtime.prepare_env()
+    if pool and not runtime.api_url():
+        raise FlorError(f"--pool {pool} needs a Prefect server its workers reach: set PREFECT_API_URL")
     from flor_flows.segments import check_segmentable
     from flor_flows.training import new_name, training_run
 
