@@ -42,7 +42,7 @@ def launch(argv: Sequence[str], *, cwd: str | Path | None = None, env: dict[str,
            on_line: Callable[[str], None] | None = None, timeout: float | None = None,
            grace: float = GRACE_S) -> Outcome:
     """Run argv in a new session, feeding each output line to on_line; kill its group on timeout or error."""
-    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "FLOR_PARENT_PID": str(os.getpid())}
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(argv), cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 
 from flor_lib import config
@@ -45,6 +46,9 @@ class Lifecycle:
                 raise SystemExit(128 + signum)
 
             signal.signal(signal.SIGTERM, on_term)
+        parent = os.environ.get("FLOR_PARENT_PID", "")
+        if parent.isdigit() and int(parent) == os.getppid():
+            threading.Thread(target=_end_with_parent, args=(int(parent),), name="flor-parent", daemon=True).start()
 
     def _at_exit(self) -> None:
         """Commit at interpreter exit; records that could not be written make the exit status non-zero."""
@@ -123,6 +127,14 @@ class Lifecycle:
         state = "is marked failed" if marked else "could not be marked failed either"
         print(f"flor: error: {self.lost}; run {self.runid} {state}: free disk space, then "
               f"`flor resume {self.runid}` continues it from its last checkpoint", file=sys.stderr)
+
+
+def _end_with_parent(parent: int) -> None:
+    # a flow's training process must not outlive the flow process that launched it (a killed worker):
+    # SIGTERM ends it as interrupted, records finalized, before the segment is resumed elsewhere
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def truncation(meta: dict) -> dict[int, int]:

@@ -1175,3 +1175,58 @@ def test_records_are_durable_before_a_slow_code_snapshot_and_get_its_vid(repo, s
     meta = json.loads(next(store.glob("runs/*/slow.json")).read_text())
     rows = flor.sql("SELECT DISTINCT vid FROM logs WHERE runid = 'slow'")
     assert meta["vid"] and rows["vid"].tolist() == [meta["vid"]]  # early batches got the vid when finalized
+
+
+ORPHAN = """
+import time
+import flor_lib as flor
+
+flor.arg("x", 1)
+for i in flor.loop("i", range(600)):
+    flor.log("v", i)
+    if i == 2:
+        print("ready", flush=True)
+    time.sleep(0.1)
+"""
+LAUNCHER = """
+import os, subprocess, sys, time
+
+env = {**os.environ, "FLOR_PARENT_PID": str(os.getpid())}  # as flor_flows.process.launch sets it
+child = subprocess.Popen([sys.executable, "orphan.py", "--flor", "orphan"], env=env, start_new_session=True)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_training_process_whose_flow_process_is_killed_ends_as_interrupted(repo, store, write_script):
+    import flor_lib as flor
+
+    write_script(repo, "orphan.py", ORPHAN, commit=True)
+    write_script(repo, "launch.py", LAUNCHER)
+    env = {**os.environ, "FLOR_STORE": str(store), "FLOR_FLUSH_SECONDS": "0.2"}
+    launcher = subprocess.Popen([sys.executable, "launch.py"], cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(launcher.stdout.readline())
+        assert launcher.stdout.readline().strip() == "ready"
+        launcher.kill()  # like a worker's flow-run process dying with its machine's agent
+        launcher.wait()
+        deadline = time.monotonic() + 30
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _gone(child), "the training process outlived the process that launched it"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    meta = json.loads(next(store.glob("runs/*/orphan.json")).read_text())
+    assert meta["status"] == "interrupted" and meta["end"]
+    got = flor.sql("SELECT value FROM logs WHERE runid = 'orphan' AND name = 'v' ORDER BY seq")["value"].tolist()
+    assert got[:3] == [0, 1, 2] and got == list(range(len(got)))  # finalized, no gap
