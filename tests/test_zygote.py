@@ -91,3 +91,23 @@ def test_the_server_learns_late_imports_of_known_packages(tmp_path, server):
 def test_forking_is_off_when_asked(monkeypatch):
     monkeypatch.setenv("FLOR_REPLAY_FORK", "0")
     assert zygote.POOL.acquire("r", ["json"], [], dict(os.environ)) is None
+
+
+def test_late_imports_are_remembered_for_the_next_replays_servers(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOR_CACHE_DIR", str(tmp_path / "cache"))
+    script = tmp_path / "late.py"
+    script.write_text("import json\nimport json.tool\n")
+    first = zygote.Zygote(["json"], [str(tmp_path)], dict(os.environ))
+    try:
+        modules = tmp_path / "mods.json"
+        assert _run(first, script, modules_out=str(modules))[0] == 0
+        first.learn(modules)
+    finally:
+        first.close()
+    assert "json.tool" in zygote.remembered(["json"]) and zygote.remembered(["decimal"]) == []
+    second = zygote.Zygote(["json"], [str(tmp_path)], dict(os.environ))  # imports it before its first child
+    try:
+        script.write_text("import sys\nprint('json.tool' in sys.modules)\n")
+        assert _run(second, script) == (0, "True\n")
+    finally:
+        second.close()

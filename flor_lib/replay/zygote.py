@@ -9,6 +9,7 @@ would. Disabled with FLOR_REPLAY_FORK=0, and off where fork is unsafe (anything 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import socket
@@ -52,6 +53,36 @@ def imports_of(source: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _memory(modules: list[str]) -> Path:
+    key = hashlib.sha1("\0".join(modules).encode()).hexdigest()[:16]
+    from flor_lib.store import cache_root
+
+    return cache_root() / "zygote" / f"{key}.json"
+
+
+def remembered(modules: list[str]) -> list[str]:
+    """Modules that children of a script with these imports loaded late in earlier replays."""
+    try:
+        names = json.loads(_memory(modules).read_text())
+    except (OSError, ValueError):
+        return []
+    tops = {m.split(".")[0] for m in modules}
+    return [n for n in names if isinstance(n, str) and n.split(".")[0] in tops][:MAX_LEARNED]
+
+
+def remember(modules: list[str], learned: list[str]) -> None:
+    """Add to what children of this script import late, so the next replay's servers import it up front."""
+    path = _memory(modules)
+    names = list(dict.fromkeys([*remembered(modules), *learned]))[:MAX_LEARNED]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(names))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only a speed-up
+
+
 class ForkedChild:
     """A segment process forked by a Zygote, with the parts of Popen's interface the engine uses."""
 
@@ -76,6 +107,10 @@ class Zygote:
     def __init__(self, modules: list[str], roots: list[str], env: dict[str, str]) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.tops = {m.split(".")[0] for m in modules}
+        self.base = list(modules)
+        learned = remembered(modules)  # what children of this script imported late in earlier replays
+        self.loaded = set(learned)
+        modules = [*modules, *learned]
         self.broken = False
         with theirs:
             self.proc = subprocess.Popen(
@@ -133,10 +168,14 @@ class Zygote:
             names = json.loads(modules_file.read_text())
         except (OSError, ValueError):
             return
-        new = [n for n in names if n.split(".")[0] in self.tops][:MAX_LEARNED]
+        new = [n for n in names if n.split(".")[0] in self.tops and n not in self.loaded][:MAX_LEARNED]
         if new and self.usable:
             self.sock.send(json.dumps({"op": "import", "modules": new}).encode())
-            self.recv()
+            reply = self.recv()
+            self.loaded.update(new)
+            remember(self.base, new)
+            if reply.get("threads") != 1 or reply.get("flor_loaded"):
+                self.broken = True  # no longer safe to fork from
 
     def close(self) -> None:
         """Stop the server: it exits as soon as it sees its socket closed."""
