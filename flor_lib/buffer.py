@@ -70,7 +70,8 @@ class RecordBuffer:
         """Buffer one record; called on the training thread, so it only appends a tuple."""
         seq = next(self._counter)
         self._rows.append((seq, ctx, kind, name, vtype, number, text))
-        self._seq = seq + 1  # exact when one thread logs; with several, seqs still never repeat
+        if seq >= self._seq:  # exact when one thread logs; with several, seqs still never repeat
+            self._seq = seq + 1
 
     def flush(self) -> int:
         """Write everything buffered so far and fsync it; return the durable sequence bound."""

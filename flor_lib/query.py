@@ -197,7 +197,15 @@ class Connection:
             "CREATE VIEW records AS SELECT r.* FROM records_raw r LEFT JOIN cuts c ON r.runid = c.c_runid "
             "AND r.projid = c.c_projid AND r.attempt = c.c_attempt AND r.source = 'record' "
             "WHERE c.c_bound IS NULL OR r.seq < c.c_bound")
-        self.loops = loop_names(self.records)
+        for tries in range(1, _RETRIES + 1):
+            try:
+                self.loops = loop_names(self.records)
+                break
+            except Exception as exc:  # a file merged away since the listing: list again
+                if tries == _RETRIES or not _vanished(exc):
+                    raise
+                self.records = dataset(self.store, relist=True)
+                self.con.register("records_raw", self.records)
         loop_cols = "".join(f', iters[list_position(loops, {_lit(n)})] AS "{n}"' for n in self.loops)
         self.con.execute(
             "CREATE VIEW logs AS SELECT projid, runid, tstamp, vid, filename" + loop_cols +

@@ -85,6 +85,7 @@ class Run(Lifecycle):
             self.attempt = 1
             self.meta = self._initial_meta()
         self._vid_ready = threading.Event()
+        self._meta_saved = threading.Event()  # set once __init__ wrote the run's first metadata
         threading.Thread(target=self._snapshot, name="flor-snapshot", daemon=True).start()
         first_seq = self._resume_point()["seq"] if resume else 0
         self.buffer = RecordBuffer(self.store.spool / self.projid / self.runid / f"a{self.attempt}.arrows",
@@ -102,6 +103,7 @@ class Run(Lifecycle):
              "worker": os.environ.get("FLOR_WORKER_NAME")})
         self.meta["status"] = "running"
         self._save_meta()
+        self._meta_saved.set()
         self._install_exit_hooks()
 
     # identity -----------------------------------------------------------------------------------
@@ -143,7 +145,7 @@ class Run(Lifecycle):
             "python": platform.python_version(), "torch": getattr(torch, "__version__", None),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "sweep": os.environ.get("FLOR_SWEEP"), "status": "running", "end": None,
-            "checkpoints": [], "attempts": [],
+            "checkpoints": [], "attempts": [], "snapshot_skipped": [],
         }
 
     def _keys(self) -> dict:
@@ -162,11 +164,14 @@ class Run(Lifecycle):
         try:
             if self.project.root is not None and self.meta.get("vid") is None:
                 vid, skipped = versions.snapshot(self.project.root, f"flor: {self.runid} {self.project.relpath}")
-                self.meta["vid"] = vid
+                with self._lock:  # the checkpoint thread may be serializing meta right now
+                    self.meta["vid"] = vid
+                    self.meta["snapshot_skipped"] = skipped
                 if skipped:
                     warn(f"left out of the code snapshot (over {config.max_snapshot_bytes() >> 20} MB): "
                          + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
-                self.meta["snapshot_skipped"] = skipped
+                if self.replay is None and self._meta_saved.is_set():
+                    self._save_meta()  # a run killed before its first checkpoint still has its vid
         except Exception as exc:  # a broken repo must not stop training
             warn(f"code snapshot failed ({str(exc).strip().splitlines()[-1][:200]}): run has no vid")
         finally:

@@ -47,7 +47,8 @@ class Lifecycle:
 
             signal.signal(signal.SIGTERM, on_term)
         parent = os.environ.get("FLOR_PARENT_PID", "")
-        if parent.isdigit() and int(parent) == os.getppid():
+        if parent.isdigit() and (int(parent) == os.getppid() or not _alive(int(parent))):
+            # (a process started by our launcher's child inherits the variable: it keeps a live parent's pid)
             threading.Thread(target=_end_with_parent, args=(int(parent),), name="flor-parent", daemon=True).start()
 
     def _at_exit(self) -> None:
@@ -66,6 +67,15 @@ class Lifecycle:
         if self._closed:
             return
         self._closed = True
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if main else None  # no commit cut in half
+        try:
+            self._commit()
+        finally:
+            if main and previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _commit(self) -> None:
         if self.replay is not None:
             try:
                 self.buffer.close()
@@ -127,6 +137,16 @@ class Lifecycle:
         state = "is marked failed" if marked else "could not be marked failed either"
         print(f"flor: error: {self.lost}; run {self.runid} {state}: free disk space, then "
               f"`flor resume {self.runid}` continues it from its last checkpoint", file=sys.stderr)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _end_with_parent(parent: int) -> None:

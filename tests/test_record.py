@@ -327,8 +327,9 @@ def test_secret_values_are_nowhere_in_the_store(repo, write_script, run_script, 
 # --- lifecycle: crash, signals, exceptions ------------------------------------------------------
 
 TICKER = """
-import sys, time
+import signal, sys, time
 import flor_lib as flor
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also when the test runs where SIGINT is ignored
 for e in flor.loop("epoch", range(100000)):
     v = flor.log("tick", e * 1.5)
     print(f"LOGGED {e} {v!r} {time.time():.3f}", flush=True)

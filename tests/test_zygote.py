@@ -111,3 +111,21 @@ def test_late_imports_are_remembered_for_the_next_replays_servers(tmp_path, monk
         assert _run(second, script) == (0, "True\n")
     finally:
         second.close()
+
+
+def test_pythonpath_stays_and_a_module_beside_the_script_wins_over_an_installed_one(tmp_path):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "helper_mod.py").write_text("WHO = 'pythonpath'\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "decimal.py").write_text("WHO = 'beside the script'\n")
+    env = {**os.environ, "PYTHONPATH": str(extra)}
+    z = zygote.Zygote(["decimal"], [str(work)], env)  # the server imports the installed decimal
+    try:
+        script = work / "s.py"
+        script.write_text("import decimal, helper_mod\nprint(getattr(decimal, 'WHO', 'installed'), helper_mod.WHO)\n")
+        assert _run(z, script, env=env) == (0, "beside the script pythonpath\n")
+    finally:
+        z.close()
+    assert zygote.POOL.acquire("r", ["json"], [], {**os.environ, "PYTHONPATH": "src"}) is None  # relative: no fork

@@ -74,52 +74,75 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def _drop_shadowed(folder: str) -> None:
+    # a module next to the script wins over an installed one of the same name, as in a fresh process
+    for top in {n.split(".")[0] for n in list(sys.modules)}:
+        if top in sys.builtin_module_names or top in ("__main__", "sys"):
+            continue
+        # (a bare folder is only a namespace portion: an installed package found later still wins)
+        if os.path.exists(os.path.join(folder, top + ".py")) or os.path.exists(os.path.join(folder, top,
+                                                                                             "__init__.py")):
+            for name in [n for n in list(sys.modules) if n == top or n.startswith(top + ".")]:
+                del sys.modules[name]
+
+
 def _child(req: dict, out_fd: int, sock: socket.socket) -> None:
-    sock.close()
-    os.setsid()  # the engine kills the child's whole process group on cancel
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.dup2(out_fd, 1)
-    os.dup2(out_fd, 2)
-    os.close(out_fd)
-    os.chdir(req["cwd"])
-    os.environ.clear()
-    os.environ.update(req["env"])
-    script = req["argv"][0]
-    sys.argv = list(req["argv"])
-    sys.path[0] = os.path.dirname(os.path.abspath(script))
-    _reseed()
+    code = 1
+    try:
+        sock.close()
+        os.setsid()  # the engine kills the child's whole process group on cancel
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        os.close(out_fd)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        script = req["argv"][0]
+        sys.argv = list(req["argv"])
+        folder = os.path.dirname(os.path.abspath(script))
+        sys.path.insert(0, folder)
+        _drop_shadowed(folder)
+        _reseed()
+        code = _run_main(script)
+        try:
+            threading._shutdown()  # as at interpreter exit: wait for non-daemon threads, then atexit
+        except Exception:
+            pass
+        atexit._run_exitfuncs()
+        if req.get("modules_out"):
+            with open(req["modules_out"], "w") as f:
+                json.dump(sorted(n for n in list(sys.modules) if not n.startswith(("flor_lib", "__main__"))), f)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def _run_main(script: str) -> int:
+    """Run the script as __main__; its exit code."""
     main = types.ModuleType("__main__")
     main.__file__ = script
     main.__builtins__ = __builtins__
     main.__loader__ = importlib.machinery.SourceFileLoader("__main__", script)
     sys.modules["__main__"] = main
-    code = 0
     try:
         with open(script, "rb") as f:
             source = f.read()
         exec(compile(source, script, "exec"), main.__dict__)
     except SystemExit as exc:
-        code = _exit_code(exc)
+        return _exit_code(exc)
     except BaseException:
         sys.excepthook(*sys.exc_info())
-        code = 1
-    try:
-        threading._shutdown()  # as at interpreter exit: wait for non-daemon threads, then atexit
-    except Exception:
-        pass
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    if req.get("modules_out"):
-        try:
-            with open(req["modules_out"], "w") as f:
-                json.dump(sorted(n for n in list(sys.modules) if not n.startswith(("flor_lib", "__main__"))), f)
-        except OSError:
-            pass
-    os._exit(code)
+        return 1
+    return 0
 
 
 def serve(sock: socket.socket) -> None:

@@ -168,14 +168,19 @@ def _run_segment(seg: Segment, on_output: Callable[[str], None] | None, timeout:
     modules_file = spec.with_suffix(".modules.json")
     proc, zyg = _start(seg, cmd, cwd, env, modules_file, tree)
     tail: list[str] = []
+    ok = False
     try:
         for line in proc.stdout:
             tail = (tail + [line.rstrip()])[-20:]
             if on_output:
                 on_output(line.rstrip())
         code = proc.wait(timeout=timeout)
+        ok = True
     except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)  # cancelling a replay kills the whole process group
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # cancelling a replay kills the whole process group
+        except ProcessLookupError:  # already gone (a forked child is reaped by its server)
+            pass
         try:
             proc.wait(timeout=30)
         except Exception:
@@ -184,8 +189,8 @@ def _run_segment(seg: Segment, on_output: Callable[[str], None] | None, timeout:
         raise
     finally:
         proc.stdout.close()
-        if zyg:
-            zygote.POOL.release(zyg, modules_file if modules_file.exists() else None)
+        if zyg:  # only a segment that ran to its end teaches its server its late imports
+            zygote.POOL.release(zyg, modules_file if ok and modules_file.exists() else None)
     result_path = spec.with_suffix(".result.json")
     if code != 0 or not result_path.exists():
         shown = "\n".join(tail[-8:])
@@ -289,16 +294,20 @@ def replay(names: list[str] | str, where: str | None = None, workers: int | None
     errors: list[str] = []
     from rich.progress import Progress
 
-    with _alive(plan.replay_id), Progress(disable=not progress or not sys.stderr.isatty(), transient=True) as bar:
-        task = bar.add_task(f"replay {', '.join(names)}", total=len(plan.segments))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(run_segment, seg): seg for seg in plan.segments}
-            for fut in as_completed(futures):
-                try:
-                    results.append(fut.result())
-                except FlorError as exc:
-                    errors.append(str(exc))
-                bar.advance(task)
+    try:
+        with _alive(plan.replay_id), Progress(disable=not progress or not sys.stderr.isatty(),
+                                              transient=True) as bar:
+            task = bar.add_task(f"replay {', '.join(names)}", total=len(plan.segments))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(run_segment, seg): seg for seg in plan.segments}
+                for fut in as_completed(futures):
+                    try:
+                        results.append(fut.result())
+                    except Exception as exc:  # one segment's failure never stops the others
+                        errors.append(str(exc) if isinstance(exc, FlorError) else f"{type(exc).__name__}: {exc}")
+                    bar.advance(task)
+    finally:
+        zygote.POOL.close(plan.replay_id)  # also when interrupted: no server outlives its replay
     summary = finish_replay(plan, results)
     for note in plan.notes:
         print(f"flor: {note}", file=sys.stderr)

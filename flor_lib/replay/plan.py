@@ -136,6 +136,7 @@ def plan_replay(names: list[str], where: str | None = None, force: bool = False,
                 patched[pkey] = TransplantError(f"cannot read version {meta['vid'][:8]}: {exc}")
         code = patched[pkey]
         if prewarm and not isinstance(code, TransplantError):
+            prewarm = False  # one server, for the first version's imports: the others start on demand
             _prewarm(plan.replay_id, code, meta["repo"])
         if isinstance(code, TransplantError):
             plan.skipped.append({"runid": meta["runid"], "vid": meta["vid"], "reason": str(code)})

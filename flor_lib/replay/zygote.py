@@ -33,6 +33,11 @@ def enabled() -> bool:
     return sys.platform == "linux" and os.environ.get("FLOR_REPLAY_FORK", "1") not in ("0", "false", "")
 
 
+def _relative_pythonpath(env: dict[str, str]) -> bool:
+    # resolved against each segment's own cwd by a fresh interpreter: a server cannot share that
+    return any(p and not os.path.isabs(p) for p in env.get("PYTHONPATH", "").split(os.pathsep))
+
+
 def imports_of(source: str) -> list[str]:
     """Modules a script imports at its top level (inside top-level if/try blocks too), in order."""
     try:
@@ -76,11 +81,17 @@ def remember(modules: list[str], learned: list[str]) -> None:
     names = list(dict.fromkeys([*remembered(modules), *learned]))[:MAX_LEARNED]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(names))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(names))
         os.replace(tmp, path)
     except OSError:
         pass  # only a speed-up
+
+
+def forget(modules: list[str]) -> None:
+    """Drop what was remembered for a script's servers."""
+    _memory(modules).unlink(missing_ok=True)
 
 
 class ForkedChild:
@@ -88,15 +99,23 @@ class ForkedChild:
 
     def __init__(self, zygote: Zygote, pid: int, stdout: IO[str]) -> None:
         self.zygote, self.pid, self.stdout = zygote, pid, stdout
+        self.returncode: int | None = None
+        zygote.child = self
 
     def wait(self, timeout: float | None = None) -> int:
         """The child's exit code (negative: killed by that signal)."""
+        if self.returncode is not None:
+            return self.returncode
         self.zygote.sock.settimeout(timeout)
         try:
-            return self.zygote.recv()["exit"]
+            self.returncode = int(self.zygote.recv()["exit"])
+            return self.returncode
         except TimeoutError:
             self.zygote.broken = True
             raise subprocess.TimeoutExpired("replay segment", timeout) from None
+        except (KeyError, TypeError, ValueError) as exc:  # out of step: never fork from it again
+            self.zygote.broken = True
+            raise ZygoteGone(f"unexpected reply: {exc}") from exc
         finally:
             self.zygote.sock.settimeout(None)
 
@@ -112,6 +131,7 @@ class Zygote:
         self.loaded = set(learned)
         modules = [*modules, *learned]
         self.broken = False
+        self.child: ForkedChild | None = None
         with theirs:
             self.proc = subprocess.Popen(
                 [sys.executable, SERVER, str(theirs.fileno()), json.dumps(roots), json.dumps(modules)],
@@ -130,6 +150,8 @@ class Zygote:
                 ready = {}
             # a library that starts threads or pulls flor_lib in at import cannot be forked safely
             self._usable = ready.get("threads") == 1 and not ready.get("flor_loaded")
+            if not self._usable and self.loaded:
+                forget(self.base)  # a remembered late import may be what spoiled it: start clean next time
         return self._usable
 
     def recv(self) -> dict:
@@ -143,7 +165,11 @@ class Zygote:
         if not msg:
             self.broken = True
             raise ZygoteGone("replay server exited")
-        return json.loads(msg)
+        try:
+            return json.loads(msg)
+        except ValueError as exc:
+            self.broken = True
+            raise ZygoteGone(f"unreadable reply: {exc}") from exc
 
     def spawn(self, argv: list[str], cwd: str, env: dict[str, str], modules_out: str) -> ForkedChild:
         """Fork a child running argv (a script and its args) in cwd with env."""
@@ -159,7 +185,12 @@ class Zygote:
             raise ZygoteGone(str(exc)) from exc
         finally:
             os.close(w)
-        pid = self.recv()["pid"]
+        try:
+            pid = int(self.recv()["pid"])
+        except (ZygoteGone, OSError, KeyError, TypeError, ValueError) as exc:
+            os.close(r)
+            self.broken = True
+            raise ZygoteGone(f"no child forked: {exc}") from exc
         return ForkedChild(self, pid, os.fdopen(r, "r", encoding="utf-8", errors="replace"))
 
     def learn(self, modules_file: Path) -> None:
@@ -173,9 +204,10 @@ class Zygote:
             self.sock.send(json.dumps({"op": "import", "modules": new}).encode())
             reply = self.recv()
             self.loaded.update(new)
-            remember(self.base, new)
             if reply.get("threads") != 1 or reply.get("flor_loaded"):
-                self.broken = True  # no longer safe to fork from
+                self.broken = True  # no longer safe to fork from, and not worth remembering
+            else:
+                remember(self.base, new)
 
     def close(self) -> None:
         """Stop the server: it exits as soon as it sees its socket closed."""
@@ -204,7 +236,7 @@ class Pool:
 
     def acquire(self, replay_id: str, modules: list[str], roots: list[str], env: dict[str, str]) -> Zygote | None:
         """An idle zygote for these modules, a new one, or None when forking is off or unusable."""
-        if not enabled() or not modules:
+        if not enabled() or not modules or _relative_pythonpath(env):
             return None
         key = (replay_id, tuple(modules))
         with self.lock:
@@ -226,6 +258,8 @@ class Pool:
 
     def release(self, z: Zygote, modules_file: Path | None = None) -> None:
         """Give a zygote back after its child exited (teaching it the child's late imports)."""
+        if z.child is not None and z.child.returncode is None:
+            z.broken = True  # its exit reply was never read: the protocol would be out of step
         if not z.broken and modules_file is not None:
             try:
                 z.learn(modules_file)
