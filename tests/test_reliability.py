@@ -1171,6 +1171,9 @@ def test_records_are_durable_before_a_slow_code_snapshot_and_get_its_vid(repo, s
     streams = list(store.glob("spool/*/killed/a1.arrows")) or list(store.rglob("killed/a1.arrows"))
     got = read_stream(streams[0]).to_pandas()
     assert got.loc[got["name"] == "v", "value_text"].tolist() == ["0", "1", "2"]  # durable: no snapshot yet
+    # a run killed after its snapshot but before any checkpoint keeps the vid in its metadata
+    run_script(repo, "--flor", "early", script="slow.py", env={**fast, "SLOW_SNAPSHOT": "0.2", "DIE": "1"})
+    assert json.loads(next(store.glob("runs/*/early.json")).read_text())["vid"]
     run_script(repo, "--flor", "slow", script="slow.py", env={**fast, "SLOW_SNAPSHOT": "2.5"}, check=True)
     meta = json.loads(next(store.glob("runs/*/slow.json")).read_text())
     rows = flor.sql("SELECT DISTINCT vid FROM logs WHERE runid = 'slow'")
