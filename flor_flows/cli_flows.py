@@ -35,6 +35,11 @@ def _flow_failure(state: Any) -> FlorError:
     return err
 
 
+def _check_segments(segments: str | None) -> None:
+    if segments is not None and segments != "auto" and not segments.isdigit():
+        raise FlorError(f"--segments {segments!r}: expected a number of outer iterations or 'auto'")
+
+
 def run(script: str = typer.Argument(..., help="The training script (a Python file in a git repository)."),
         script_args: list[str] = SCRIPT_ARGS,
         name: str | None = typer.Option(None, "--name", "-n", help="Run name (default: run-<time>-<hex>)."),
@@ -54,8 +59,7 @@ def run(script: str = typer.Argument(..., help="The training script (a Python fi
     Example: `flor run train.py --segments 2 --retries 3 -- --epochs 10` survives a killed worker process.
     """
     script = _check_script(script)
-    if segments is not None and segments != "auto" and not segments.isdigit():
-        raise FlorError(f"--segments {segments!r}: expected a number of outer iterations or 'auto'")
+    _check_segments(segments)
     if pool and not segments:
         raise FlorError("--pool needs --segments (flor sweep --pool runs whole runs on a pool)")
     from flor_flows import runtime
@@ -99,6 +103,9 @@ def sweep(script: str = typer.Argument(..., help="The training script."),
           concurrency: int = typer.Option(1, "--concurrency", "-j", help="Members at once (local runs)."),
           name: str | None = typer.Option(None, "--name", "-n", help="Sweep id (default: sweep-<time>-<hex>)."),
           timeout: float | None = typer.Option(None, "--timeout", help="Kill a member after this many seconds."),
+          segments: str | None = typer.Option(None, "--segments", help="Run each member in segments of N outer "
+                                              "iterations (or 'auto') that resume on retry."),
+          retries: int = typer.Option(0, "--retries", help="With --segments: retries per segment."),
           json_out: bool = typer.Option(False, "--json", help="Print the members as JSON.")) -> None:
     """Run a sweep as a Prefect flow: one recorded training run per config, locally or on a pool.
 
@@ -111,14 +118,20 @@ def sweep(script: str = typer.Argument(..., help="The training script."),
         raise FlorError("give the configs: --grid NAME=V1,V2 (repeatable) and/or --config JSON")
     if concurrency < 1:
         raise FlorError("--concurrency must be at least 1")
+    _check_segments(segments)
     from flor_flows import runtime
 
     runtime.prepare_env()
+    if segments:
+        from flor_flows.segments import check_segmentable
+
+        check_segmentable(script, segments)
     from flor_flows.sweep import sweep as sweep_flow
     from flor_flows.sweep import sweep_rows
 
     state = runtime.call_flow(sweep_flow, script=script, configs=configs, args=list(script_args or []), name=name,
-                              pool=pool, concurrency=concurrency, timeout_s=timeout)
+                              pool=pool, concurrency=concurrency, timeout_s=timeout, segments=segments,
+                              retries=retries)
     rows = sweep_rows(state)
     if json_out:
         print_json(rows)

@@ -34,10 +34,12 @@ from flor_lib.store import Store
 
 @task(name="sweep_member", task_run_name="member-{name}", cache_policy=NO_CACHE)
 def sweep_member(script: str, config: dict[str, Any], args: list[str], *, name: str, projid: str, sweep: str,
-                 cwd: str | None = None, timeout_s: float | None = None, store: str | None = None) -> dict[str, Any]:
-    """One member: run the script with the config's flags, then aggregate its records."""
+                 cwd: str | None = None, timeout_s: float | None = None, store: str | None = None,
+                 segments: str | int | None = None, retries: int = 0) -> dict[str, Any]:
+    """One member: run the script with the config's flags (in segments, if asked), then aggregate its records."""
     return training.run_and_aggregate(script, [*args, *cfgs.to_argv(config)], name=name, projid=projid,
-                                      sweep=sweep, cwd=cwd, timeout_s=timeout_s, store=store)
+                                      sweep=sweep, cwd=cwd, timeout_s=timeout_s, store=store, segments=segments,
+                                      retries=retries)
 
 
 def member_names(sweep_id: str, n: int) -> list[str]:
@@ -52,7 +54,7 @@ def _failed_row(name: str, config: dict[str, Any], error: str) -> dict[str, Any]
 
 def _run_local(script: str, members: list[tuple[str, dict]], args: list[str], *, projid: str, sweep_id: str,
                concurrency: int, cwd: str | None, timeout_s: float | None, store: str | None,
-               progress) -> dict[str, dict]:
+               progress, segments: str | int | None = None, retries: int = 0) -> dict[str, dict]:
     rows: dict[str, dict] = {}
     pending = list(members)
     inflight: dict[Any, tuple[str, dict]] = {}
@@ -60,7 +62,7 @@ def _run_local(script: str, members: list[tuple[str, dict]], args: list[str], *,
         while pending and len(inflight) < max(1, concurrency):
             name, config = pending.pop(0)
             fut = sweep_member.submit(script, config, args, name=name, projid=projid, sweep=sweep_id, cwd=cwd,
-                                      timeout_s=timeout_s, store=store)
+                                      timeout_s=timeout_s, store=store, segments=segments, retries=retries)
             inflight[fut] = (name, config)
         fut = next(as_completed(list(inflight)))
         fut.wait()  # sets the final state from the thread; .state alone may read a stale RUNNING from the API
@@ -100,7 +102,8 @@ def _remote_row(store: Store, projid: str, sweep_id: str, name: str, config: dic
 
 
 def _run_remote(script: str, members: list[tuple[str, dict]], args: list[str], *, pool: str, projid: str,
-                sweep_id: str, cwd: str | None, timeout_s: float | None, store: str, progress) -> dict[str, dict]:
+                sweep_id: str, cwd: str | None, timeout_s: float | None, store: str, progress,
+                segments: str | int | None = None, retries: int = 0) -> dict[str, dict]:
     deployment = fanout.ensure_deployment("flor-run", pool)
     if not fanout.online_workers(pool):
         runtime.run_logger().warning("no worker is online on pool %s: members wait until one starts "
@@ -110,6 +113,8 @@ def _run_remote(script: str, members: list[tuple[str, dict]], args: list[str], *
         for name, config in members:
             params = {"script": script, "args": [*args, *cfgs.to_argv(config)], "name": name, "sweep": sweep_id,
                       "cwd": cwd, "timeout_s": timeout_s, "store": store}
+            if segments:  # the member's worker runs its segments, retrying each from the last checkpoint
+                params.update(segments=segments, retries=retries)
             ids[fanout.submit(deployment, params, name=name, env={"FLOR_STORE": store},
                               tags=["flor", f"sweep-{sweep_id}"])] = (name, config)
         st = Store(store)
@@ -154,8 +159,11 @@ def _sweep_run_name() -> str:
       on_cancellation=[lambda *a: process.kill_all()], on_crashed=[lambda *a: process.kill_all()])
 def sweep(script: str, configs: list[dict[str, Any]], args: list[str] | None = None, name: str | None = None,
           pool: str | None = None, concurrency: int = 1, cwd: str | None = None, timeout_s: float | None = None,
-          store: str | None = None) -> list[dict[str, Any]]:
-    """Run the script once per config (flor sweep); publish progress and a results table."""
+          store: str | None = None, segments: str | int | None = None, retries: int = 0) -> list[dict[str, Any]]:
+    """Run the script once per config (flor sweep); publish progress and a results table.
+
+    With segments, each member runs as checkpoint-to-checkpoint segments with `retries` per segment.
+    """
     script = str(Path(script).expanduser().resolve())
     configs = cfgs.normalize(configs)
     sweep_id = name or training.new_name("sweep")
@@ -174,7 +182,7 @@ def sweep(script: str, configs: list[dict[str, Any]], args: list[str] | None = N
 
     try:
         common = {"projid": snap["projid"], "sweep_id": sweep_id, "cwd": cwd, "timeout_s": timeout_s,
-                  "store": store, "progress": progress}
+                  "store": store, "progress": progress, "segments": segments, "retries": retries}
         if pool:
             rows = _run_remote(script, members, list(args or []), pool=pool, **common)
         else:

@@ -172,10 +172,24 @@ def aggregate_logs(projid: str, runid: str | None, returncode: int = 0, store: s
 
 def run_and_aggregate(script: str, args: list[str] | None, *, name: str, projid: str, sweep: str | None = None,
                       cwd: str | None = None, timeout_s: float | None = None, store: str | None = None,
-                      artifact: bool = True) -> dict[str, Any]:
-    """Execute and aggregate in one call (a sweep member task); raise ScriptFailed after aggregating."""
-    outcome = run_script(script, args, name=name, projid=projid, sweep=sweep, cwd=cwd, timeout_s=timeout_s,
-                         store=store)
+                      artifact: bool = True, segments: str | int | None = None, retries: int = 0,
+                      retry_delay_s: float = 1.0) -> dict[str, Any]:
+    """Execute and aggregate in one call (a sweep member task); raise ScriptFailed after aggregating.
+
+    With segments, the run is a chain of segment tasks whose retries resume it from its last checkpoint.
+    """
+    if segments:
+        from flor_flows.segments import run_segments
+
+        try:
+            outcome = run_segments(script, list(args or []), name=name, projid=projid, segments=segments,
+                                   retries=retries, retry_delay_s=retry_delay_s, store=store, cwd=cwd,
+                                   timeout_s=timeout_s, sweep=sweep)
+        except ScriptFailed as exc:  # after the retries: the script's own error, once
+            outcome = exc.outcome
+    else:
+        outcome = run_script(script, args, name=name, projid=projid, sweep=sweep, cwd=cwd, timeout_s=timeout_s,
+                             store=store)
     summary = aggregate(projid, outcome["runid"], outcome["returncode"], store, artifact=artifact)
     summary.update(seconds=outcome["seconds"], name=name)
     if outcome["returncode"] != 0:

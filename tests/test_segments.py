@@ -73,3 +73,22 @@ def test_a_run_without_checkpoints_cannot_be_segmented(repo, store):
     from flor_lib.store import Store
 
     assert Store(str(store)).runs() == []
+
+
+def test_sweep_members_run_in_segments_and_survive_a_killed_segment(repo, store, monkeypatch):
+    monkeypatch.setenv("FLOR_EPSILON", "1000")
+    (repo / ".gitignore").write_text((repo / ".gitignore").read_text() + "died-once\n")
+    edit(repo, ("import torch\n", "import os\n\nimport torch\n"), DIE_ONCE)
+    proc = flor("sweep", "train.py", "--config", '{"hidden": 16}', "--config", '{"hidden": 24}', "-j", "1",
+                "--segments", "1", "--retries", "1", "--name", "segs", "--json", "--", "--epochs", "2",
+                "--batch_size", "128", cwd=repo)
+    assert proc.returncode == 0, show(proc)
+    assert [r["status"] for r in json.loads(proc.stdout)] == ["completed", "completed"]
+    from flor_lib.store import Store
+
+    metas = {m["runid"]: m for m in Store(str(store)).runs()}
+    # the first member's segment 1 died once (the script's hook) and was retried from its checkpoint
+    assert [a["segment"] for a in metas["segs-01"]["attempts"]] == ["0", "1", "1"]
+    assert [a["segment"] for a in metas["segs-02"]["attempts"]] == ["0", "1"]
+    assert all(m["sweep"] == "segs" and m["status"] == "completed" for m in metas.values())
+    assert {e for e, _, _ in _losses(store, "segs-01")} == {0, 1}
