@@ -328,7 +328,7 @@ def dataframe(*names: str, where: str | None = None, store: Store | None = None)
     if len(nested):
         # groupby+unstack keeps object values: ints stay exact where a pivot would make them floats
         wide = nested.groupby([*idx, "name"], dropna=False, sort=False)["__flor_v"].last().unstack("name")
-        wide = wide.dropna(how="all").reset_index()
+        wide = wide.reset_index()  # a position whose only value is NaN keeps its row
     else:
         wide = long[idx].drop_duplicates(subset=keys).reset_index(drop=True)
     wide.columns.name = None

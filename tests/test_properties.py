@@ -259,3 +259,10 @@ def test_records_logged_from_several_threads_while_flushing_are_all_kept_once(tm
     for t in range(4):  # each thread's records keep their order
         assert table.loc[table["name"] == f"t{t}"].sort_values("seq")["value_text"].astype(int).tolist() == \
             list(range(20_000))
+
+
+def test_a_position_whose_only_value_is_nan_keeps_its_row(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    write_run(store, "nan", [((("epoch", 0),), "loss", float("nan")), ((("epoch", 1),), "loss", 0.5)])
+    df = dataframe("loss", store=store)
+    assert df["epoch"].tolist() == [0, 1] and math.isnan(df["loss"][0]) and df["loss"][1] == 0.5
