@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections import Counter
 from typing import Any
 
+from flor_lib.run_lifecycle import pid_alive
 from flor_lib.store import Store
 
 STATES = ("running", "completed", "failed", "interrupted")
 
 
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id runs on this host."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def effective_status(meta: dict) -> str:

@@ -47,7 +47,7 @@ class Lifecycle:
 
             signal.signal(signal.SIGTERM, on_term)
         parent = os.environ.get("FLOR_PARENT_PID", "")
-        if parent.isdigit() and (int(parent) == os.getppid() or not _alive(int(parent))):
+        if parent.isdigit() and (int(parent) == os.getppid() or not pid_alive(int(parent))):
             # (a process started by our launcher's child inherits the variable: it keeps a live parent's pid)
             threading.Thread(target=_end_with_parent, args=(int(parent),), name="flor-parent", daemon=True).start()
 
@@ -139,7 +139,10 @@ class Lifecycle:
               f"`flor resume {self.runid}` continues it from its last checkpoint", file=sys.stderr)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id runs on this host."""
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
