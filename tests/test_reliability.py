@@ -712,17 +712,23 @@ def test_a_query_that_overlaps_a_compaction_still_answers(tmp_path, monkeypatch)
 
 # === bad input ==================================================================================================
 
-@pytest.fixture(scope="module")
-def corrupted_resume(tmp_path_factory, zygote):
-    """A run killed after epoch 5's checkpoint whose last checkpoint file is then corrupted, and resumes of it."""
-    tmp = tmp_path_factory.mktemp("corrupted")
+def _killed_after_a_checkpoint(tmp: Path, zygote, runid: str, die_after: int):
+    """A light repo whose trial run was SIGKILLed after epoch die_after's checkpoint: (repo, store, env, meta, last)."""
     repo = _make_light_repo(tmp, {"trial.py": TRIAL})
     store = tmp / "store"
     env = {"FLOR_STORE": str(store), "FLOR_FLUSH_SECONDS": "0.1", "FLOR_EPSILON": "1000"}
-    killed = zygote.run(repo, "trial.py", "--flor", "broken", env={**env, "DIE_AFTER": "5"})
+    killed = zygote.run(repo, "trial.py", "--flor", runid, env={**env, "DIE_AFTER": str(die_after)})
     assert killed.code == -signal.SIGKILL, killed.text()
-    meta = _store(store).run_meta(PROJID, "broken")
-    last = Path(store) / "checkpoints" / PROJID / "broken" / meta["checkpoints"][-1]["path"]
+    meta = _store(store).run_meta(PROJID, runid)
+    last = Path(store) / "checkpoints" / PROJID / runid / meta["checkpoints"][-1]["path"]
+    return repo, store, env, meta, last
+
+
+@pytest.fixture(scope="module")
+def corrupted_resume(tmp_path_factory, zygote):
+    """A run killed after epoch 5's checkpoint whose last checkpoint file is then corrupted, and resumes of it."""
+    repo, store, env, meta, last = _killed_after_a_checkpoint(tmp_path_factory.mktemp("corrupted"), zygote,
+                                                              "broken", 5)
     obs = {"before": _logs("broken", store), "meta_before": meta}
     last.write_bytes(b"PK\x03\x04 this is not a checkpoint any more" + os.urandom(64))
     resumed = zygote.run(repo, "trial.py", env={**env, "FLOR_RESUME": "broken"})
@@ -1026,13 +1032,7 @@ def test_resume_refuses_an_unsafe_checkpoint_in_one_line_and_accepts_it_when_all
 
     from flor_lib import checkpoint as ckpt
 
-    repo = _make_light_repo(tmp_path, {"trial.py": TRIAL})
-    store = tmp_path / "store"
-    env = {"FLOR_STORE": str(store), "FLOR_FLUSH_SECONDS": "0.1", "FLOR_EPSILON": "1000"}
-    killed = zygote.run(repo, "trial.py", "--flor", "tampered", env={**env, "DIE_AFTER": "4"})
-    assert killed.code == -signal.SIGKILL, killed.text()
-    meta = _store(store).run_meta(PROJID, "tampered")
-    last = Path(store) / "checkpoints" / PROJID / "tampered" / meta["checkpoints"][-1]["path"]
+    repo, store, env, _, last = _killed_after_a_checkpoint(tmp_path, zygote, "tampered", 4)
     state = ckpt.load(last.read_bytes())
     state["vars"]["ratio"] = Fraction(1, 3)  # any object outside the weights_only allow-list
     buf = io.BytesIO()
