@@ -18,7 +18,7 @@ from pathlib import Path
 
 from flor_lib.errors import FlorError
 from flor_lib.replay import zygote
-from flor_lib.replay.plan import ReplayPlan, plan_replay
+from flor_lib.replay.plan import ReplayPlan, local_roots, plan_replay, worktrees_root
 from flor_lib.replay.segment import Segment
 from flor_lib.store import Store
 
@@ -37,18 +37,14 @@ def _pending_dir(store: Store, replay_id: str) -> Path:
     return store.spool.parent / "replays-pending" / replay_id
 
 
-def _worktrees_root() -> Path:
-    return Path.home() / ".cache" / "flor" / "worktrees"
-
-
 def _worktree_path(seg: Segment) -> Path:
     key = f"{seg.meta['repo']}\0{seg.vid}\0{seg.patched_source}".encode()
-    return _worktrees_root() / seg.replay_id / hashlib.sha1(key).hexdigest()[:16]
+    return worktrees_root() / seg.replay_id / hashlib.sha1(key).hexdigest()[:16]
 
 
 def _lock(replay_id: str, mode: int) -> int | None:
     """An fd holding flock(mode) on <replay_id>.alive next to its worktrees; None when non-blocking and held."""
-    path = _worktrees_root() / f"{replay_id}.alive"
+    path = worktrees_root() / f"{replay_id}.alive"
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -82,7 +78,7 @@ def sweep_stale_worktrees(keep: str, repos: set[Path]) -> list[str]:
     keep: the calling replay; repos: repositories to prune even when no stale worktree names them
     (a sweep killed half-way). A replay holding its lock is never touched. Returns the ids removed.
     """
-    root = _worktrees_root()
+    root = worktrees_root()
     if fcntl is None or not root.is_dir():
         return []
     ids = {p.name for p in root.iterdir() if p.is_dir()} | {p.stem for p in root.glob("*.alive")}
@@ -166,7 +162,7 @@ def _run_segment(seg: Segment, on_output: Callable[[str], None] | None, timeout:
     cmd = [sys.executable, str(tree / meta["filename"]), *meta.get("argv", [])]
     t0 = time.perf_counter()
     modules_file = spec.with_suffix(".modules.json")
-    proc, zyg = _start(seg, cmd, cwd, env, modules_file, tree)
+    proc, zyg = _start(seg, cmd, cwd, env, modules_file)
     tail: list[str] = []
     ok = False
     try:
@@ -200,10 +196,10 @@ def _run_segment(seg: Segment, on_output: Callable[[str], None] | None, timeout:
     return result
 
 
-def _start(seg: Segment, cmd: list[str], cwd: Path, env: dict, modules_file: Path, tree: Path):
+def _start(seg: Segment, cmd: list[str], cwd: Path, env: dict, modules_file: Path):
     """The segment's process: forked from a zygote that already imported its libraries, else a new one."""
-    roots = [seg.meta["repo"], str(tree.parent.parent), str(tree)]
-    zyg = zygote.POOL.acquire(seg.replay_id, zygote.imports_of(seg.patched_source), roots, dict(os.environ))
+    zyg = zygote.POOL.acquire(seg.replay_id, zygote.imports_of(seg.patched_source), local_roots(seg.meta["repo"]),
+                              dict(os.environ))
     if zyg is not None:
         try:
             return zyg.spawn(cmd[1:], str(cwd), env, str(modules_file)), zyg
@@ -243,9 +239,9 @@ def finish_replay(plan: ReplayPlan, results: list[dict], store: Store | None = N
     for seg in {_worktree_path(s): s for s in plan.segments}.values():
         if _worktree_path(seg).exists():
             remove_worktree(Path(seg.meta["repo"]), _worktree_path(seg))
-    shutil.rmtree(_worktrees_root() / plan.replay_id, ignore_errors=True)
+    shutil.rmtree(worktrees_root() / plan.replay_id, ignore_errors=True)
     if fcntl is not None and (fd := _lock(plan.replay_id, fcntl.LOCK_EX | fcntl.LOCK_NB)) is not None:
-        (_worktrees_root() / f"{plan.replay_id}.alive").unlink(missing_ok=True)
+        (worktrees_root() / f"{plan.replay_id}.alive").unlink(missing_ok=True)
         os.close(fd)
     return summary
 

@@ -156,12 +156,21 @@ def plan_replay(names: list[str], where: str | None = None, force: bool = False,
     return plan
 
 
+def worktrees_root() -> Path:
+    """Where each replay checks out the old versions it runs (one folder per replay)."""
+    return Path.home() / ".cache" / "flor" / "worktrees"
+
+
+def local_roots(repo: str) -> list[str]:
+    """Folders whose modules are the user's own code: never imported by a fork server."""
+    return [repo, str(worktrees_root())]
+
+
 def _prewarm(replay_id: str, code: str, repo: str) -> None:
     # the first version's libraries import while the other runs are planned and worktrees are made
     from flor_lib.replay import zygote
 
-    roots = [repo, str(Path.home() / ".cache" / "flor" / "worktrees")]
-    zygote.POOL.prewarm(replay_id, zygote.imports_of(code), roots, dict(os.environ))
+    zygote.POOL.prewarm(replay_id, zygote.imports_of(code), local_roots(repo), dict(os.environ))
 
 
 def _with_existing_checkpoints(store: Store, meta: dict, plan: ReplayPlan) -> dict:
