@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from flor_lib import ckpt_format
 from flor_lib.errors import FlorError, warn
 
 
@@ -99,14 +100,23 @@ def capture(objs: list, frame_vars: dict) -> dict:
 
 
 def serialize(state: dict) -> bytes:
-    """torch.save a captured state into bytes."""
-    buf = io.BytesIO()
-    _torch().save(state, buf)
-    return buf.getvalue()
+    """Encode a captured state in flor's pickle-free format, or with torch.save when it holds other objects."""
+    try:
+        return ckpt_format.dumps(state)
+    except ckpt_format.Unsupported:
+        buf = io.BytesIO()
+        _torch().save(state, buf)
+        return buf.getvalue()
 
 
 def load(data: bytes, unsafe: bool = False) -> dict:
     """Deserialize a checkpoint; full unpickling only when the caller opts in (FLOR_UNSAFE_LOAD=1)."""
+    if ckpt_format.is_flor_format(data):
+        try:
+            return ckpt_format.loads(data)
+        except Exception as exc:  # a torn or tampered file: the same message as a bad torch.save file
+            raise FlorError(
+                f"checkpoint is corrupted ({exc.__class__.__name__}): replay from an earlier one") from exc
     torch = _torch()
     unsafe = unsafe or os.environ.get("FLOR_UNSAFE_LOAD") == "1"
     try:
@@ -166,6 +176,29 @@ class Policy:
         self.save_cost += (seconds - self.save_cost) / self.taken
 
 
+class Pacer:
+    """Runs a write at most every so often: the run's metadata grows with each checkpoint it lists.
+
+    Rewriting it after every checkpoint of a 2500-epoch run is quadratic; a crash between two writes
+    only makes a resume start from the checkpoint before, which is as correct and slightly longer.
+    """
+
+    def __init__(self, min_interval: float = 1.0, share: float = 0.02) -> None:
+        self.min_interval, self.share = min_interval, share
+        self.last_at: float | None = None
+        self.cost = 0.0
+
+    def maybe(self, write: Callable[[], None], force: bool = False) -> bool:
+        """Call write if forced or if enough time passed since the last one (keeping it under share)."""
+        now = time.perf_counter()
+        if not force and self.last_at is not None and now - self.last_at < max(self.min_interval,
+                                                                                self.cost / self.share):
+            return False
+        write()
+        self.last_at, self.cost = time.perf_counter(), time.perf_counter() - now
+        return True
+
+
 class Writer:
     """Serializes and writes checkpoints on a daemon thread, behind a bounded queue."""
 
@@ -176,10 +209,10 @@ class Writer:
         self._thread.start()
         self.error: BaseException | None = None
 
-    def submit(self, index: int, state: dict, seq: int, copy_s: float, block: bool = False) -> bool:
-        """Queue a captured state; False (skip, don't stall training) when the queue is full, unless block."""
+    def submit(self, index: int, state: dict, seq: int, copy_s: float, last: bool = False) -> bool:
+        """Queue a captured state; False (skip, don't stall training) when the queue is full, unless last."""
         try:
-            self._queue.put((index, state, seq, copy_s), block=block)
+            self._queue.put((index, state, seq, copy_s, last), block=last)
             return True
         except queue.Full:
             return False

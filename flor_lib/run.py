@@ -95,6 +95,8 @@ class Run(Lifecycle):
         self._resume_pending = bool(resume)  # until its checkpoint is restored, a resume redoes nothing
         self.buffer.on_error = lambda exc: warn(f"records not written ({exc}); they stay in memory")
         self.policy = ckpt.Policy(config.epsilon())
+        self._meta_pacer = ckpt.Pacer()  # metadata lists checkpoints in batches: see Pacer
+        self._unlisted: list[dict] = []  # written, but records before them may not be durable yet
         self.writer = ckpt.Writer(self._write_checkpoint)
         self.meta.setdefault("attempts", []).append(
             {"attempt": self.attempt, "start_seq": first_seq, "pid": os.getpid(), "host": socket.gethostname(),
@@ -338,23 +340,35 @@ class Run(Lifecycle):
         state = ckpt.capture(self.objects, framevars.capture(frame, framevars.nested_loop_names(str(self.script))))
         seq = self.buffer.next_seq
         copy_s = time.perf_counter() - t0
-        if not self.writer.submit(index, state, seq, copy_s, block=last):  # the last one is never skipped
+        if not self.writer.submit(index, state, seq, copy_s, last):  # the last one is never skipped
             self.skipped_checkpoints += 1
 
-    def _write_checkpoint(self, index: int, state: dict, seq: int, copy_s: float) -> None:
-        t0 = time.perf_counter()
-        self.buffer.flush()  # records logged before the checkpoint become durable first
-        if not self.store.is_local:
-            self.buffer.mirror_now(force=True)  # ...on the store too, so any host can resume from it
+    def _write_checkpoint(self, index: int, state: dict, seq: int, copy_s: float, last: bool) -> None:
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         data = ckpt.serialize(state)
         path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/i{index:06d}.pt"
         self.store.write_bytes(path, data)
-        save_s = time.perf_counter() - t0
-        self.policy.record_cost(save_s + copy_s)
-        self.checkpoints = [c for c in self.checkpoints if c["iter"] != index] + [
+        self._unlisted.append(
             {"iter": index, "path": path.rsplit("/", 1)[-1], "bytes": len(data), "seq": seq,
-             "copy_s": round(copy_s, 6), "save_s": round(save_s, 6), "attempt": self.attempt}]
+             "copy_s": round(copy_s, 6), "save_s": round(time.perf_counter() - t0, 6),
+             "save_cpu_s": round(time.thread_time() - cpu0, 6), "attempt": self.attempt})
+        self._meta_pacer.maybe(self._list_checkpoints, force=last or not self.checkpoints)
+        # what training pays: its own copy, and the CPU this thread takes from it (not fsync waits)
+        self.policy.record_cost(copy_s + time.thread_time() - cpu0)
+
+    def _list_checkpoints(self) -> None:
+        """Make the records before the written checkpoints durable, then list them in the run's metadata."""
+        self.buffer.flush()
+        if not self.store.is_local:
+            self.buffer.mirror_now(force=True)  # ...on the store too, so any host can resume from it
+        self._adopt_unlisted()
         self._save_meta()
+
+    def _adopt_unlisted(self) -> None:
+        """Move written checkpoints into the listed ones (a rewritten iteration replaces its old entry)."""
+        new, self._unlisted = self._unlisted, []
+        redone = {c["iter"] for c in new}
+        self.checkpoints = [c for c in self.checkpoints if c["iter"] not in redone] + new
 
     def _read_checkpoint(self, entry: dict) -> bytes:
         path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/{entry['path']}"

@@ -93,6 +93,8 @@ class Lifecycle:
             self.buffer.close(mirror=deferred)  # a deferred stream's copy lets another host aggregate it
         except RecordsNotWritten as exc:
             self.lost, self.status = exc, "failed"
+        if not self.lost:  # every record is durable now, so every written checkpoint can be listed
+            self._adopt_unlisted()
         self._vid_ready.wait(60)
         if self.status == "running":
             self.status = "completed"
