@@ -35,6 +35,7 @@ BENCHMARKS = {  # name -> (function, section it fills)
     "checkpoint": (checkpoints.run, "Checkpoints"),
     "query": (queries.run, "Queries"),
     "replay": (replay.run, replay.SECTION),
+    "replay-long": (replay.long_run, replay.SECTION),  # only the long run (also part of "replay")
     "flow": (flows.run, flows.SECTION),
 }
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx.notes.append(f"FlorDB {flordb_adapter.VERSION} could not be set up: {ctx.flordb_reason}")
             ctx.say(f"FlorDB n/a: {ctx.flordb_reason}")
     rows: list[Row] = []
-    for name in args.only or list(BENCHMARKS):
+    for name in args.only or [n for n in BENCHMARKS if n != "replay-long"]:
         fn, section = BENCHMARKS[name]
         try:
             rows += fn(ctx)

@@ -9,15 +9,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 
+from flor_lib import arrow_build as ab
 from flor_lib.errors import FlorError
 from flor_lib.schema import RECORD_SCHEMA
 
 Row = tuple  # (seq, loops_ctx, kind, name, value_type, number, text)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd" if pa.Codec.is_available("zstd") else None)
 
 
@@ -185,25 +187,29 @@ class RecordBuffer:
         seq, ctx, kind, name, vtype, number, text = zip(*rows, strict=True)
         k = self._keys
         tstamp = k["tstamp"] if isinstance(k["tstamp"], datetime) else datetime.fromisoformat(k["tstamp"])
-        cols = {
-            "projid": pa.array([k["projid"]] * n, pa.string()),
-            "runid": pa.array([k["runid"]] * n, pa.string()),
-            "tstamp": pa.array([tstamp] * n, pa.timestamp("us", tz="UTC")),
-            "vid": pa.array([k["vid"]] * n, pa.string()),
-            "filename": pa.array([k["filename"]] * n, pa.string()),
-            "attempt": pa.array([self._attempt] * n, pa.int32()),
-            "seq": pa.array(seq, pa.int64()),
-            "loops": pa.array([[c[0] for c in x] for x in ctx], pa.list_(pa.string())),
-            "iters": pa.array([[c[1] for c in x] for x in ctx], pa.list_(pa.int64())),
-            "kind": pa.array(kind, pa.string()),
-            "name": pa.array(name, pa.string()),
-            "value": pa.array(number, pa.float64()),
-            "value_text": pa.array(text, pa.string()),
-            "value_type": pa.array(vtype, pa.string()),
-            "source": pa.array([self._source] * n, pa.string()),
-            "replay_id": pa.array([self._replay_id] * n, pa.string()),
-        }
-        return pa.RecordBatch.from_pydict(cols, schema=RECORD_SCHEMA)
+        if tstamp.tzinfo is None:  # naive means UTC, as Arrow reads it
+            tstamp = tstamp.replace(tzinfo=UTC)
+        micros = (tstamp - _EPOCH) // timedelta(microseconds=1)
+        loops = [c[0] for x in ctx for c in x]
+        cols = [
+            ab.repeated_string(k["projid"], n),
+            ab.repeated_string(k["runid"], n),
+            ab.numbers(RECORD_SCHEMA.field("tstamp").type, [micros] * n),
+            ab.repeated_string(k["vid"], n),
+            ab.repeated_string(k["filename"], n),
+            ab.numbers(pa.int32(), [self._attempt] * n),
+            ab.numbers(pa.int64(), seq),
+            ab.lists(ab.strings(loops), [len(x) for x in ctx]),
+            ab.lists(ab.numbers(pa.int64(), [c[1] for x in ctx for c in x]), [len(x) for x in ctx]),
+            ab.strings(kind),
+            ab.strings(name),
+            ab.numbers(pa.float64(), number),
+            ab.strings(text),
+            ab.strings(vtype),
+            ab.repeated_string(self._source, n),
+            ab.repeated_string(self._replay_id, n),
+        ]
+        return pa.RecordBatch.from_arrays(cols, schema=RECORD_SCHEMA)
 
 
 class RecordsNotWritten(FlorError):

@@ -99,6 +99,17 @@ def capture(objs: list, frame_vars: dict) -> dict:
     }
 
 
+def snapshot(objs: list, frame_vars: dict) -> bytes | dict:
+    """The checkpoint, taken on the training thread: its bytes (one copy of the live state, no pickling),
+    or, for state the format cannot hold, a deep CPU copy that serialize() pickles later."""
+    tree = {"objects": [o.state_dict() if hasattr(o, "state_dict") else o for o in objs],
+            "rng": rng_state(), "vars": frame_vars}
+    try:
+        return ckpt_format.dumps(tree)
+    except ckpt_format.Unsupported:
+        return capture(objs, frame_vars)
+
+
 def serialize(state: dict) -> bytes:
     """Encode a captured state in flor's pickle-free format, or with torch.save when it holds other objects."""
     try:

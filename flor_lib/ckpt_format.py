@@ -3,7 +3,7 @@
 Layout: MAGIC, an 8-byte little-endian header length, the JSON header, padding to 64 bytes, then the
 tensors' bytes back to back. Every container in the tree is a tagged list, so no user key can collide
 with a tag: ["d", [[k, v], ...]] dict, ["l", [...]] list, ["t", [...]] tuple, ["T", i] tensor i,
-["B", base64] bytes. None, bools, ints, floats (nan/inf included) and strings are JSON scalars.
+["B", base64] bytes, ["n", [dtype, value]] a numpy scalar. None, bools, ints, floats (nan/inf included) and strings are JSON scalars.
 A tree holding anything else raises Unsupported, and the caller falls back to torch.save.
 """
 
@@ -17,7 +17,7 @@ import struct
 
 MAGIC = b"FLORCKP1"
 _ALIGN = 64
-_JSON_SCALARS = {int, bool, str, type(None)}
+_JSON_SCALARS = {int, bool, str, type(None)}  # exact types: a subclass (IntEnum) would not come back
 
 
 @functools.cache
@@ -45,15 +45,18 @@ def is_flor_format(data: bytes | bytearray | memoryview) -> bool:
 
 
 def _encode(tree, tensors: list, torch):
-    if tree is None or isinstance(tree, bool | int | str):
+    kind = type(tree)
+    if kind in _JSON_SCALARS:
         return tree
-    if isinstance(tree, float):
+    if kind is float:
         return tree if math.isfinite(tree) else ["f", repr(tree)]
-    if isinstance(tree, torch.Tensor):
-        if tree.layout != torch.strided or tree.is_quantized or type(tree) is not torch.Tensor:
-            raise Unsupported(f"a {tree.layout} {type(tree).__name__}")
+    if kind is torch.Tensor or kind is torch.nn.Parameter:
+        if tree.layout != torch.strided or tree.is_quantized:
+            raise Unsupported(f"a {tree.layout} tensor")
         tensors.append(tree)
         return ["T", len(tensors) - 1]
+    if kind.__module__ == "numpy":
+        return _encode_numpy(tree, tensors, torch)
     if isinstance(tree, dict):
         return ["d", [[_encode(k, tensors, torch), _encode(v, tensors, torch)] for k, v in tree.items()]]
     if type(tree) is list or type(tree) is tuple:
@@ -61,20 +64,37 @@ def _encode(tree, tensors: list, torch):
         if set(map(type, tree)) <= _JSON_SCALARS:  # Python's RNG state: 625 ints, encoded in one step
             return [tag, list(tree)]
         return [tag, [_encode(v, tensors, torch) for v in tree]]
-    if isinstance(tree, bytes):
+    if kind is bytes:
         return ["B", base64.b64encode(tree).decode()]
-    raise Unsupported(type(tree).__name__)
+    raise Unsupported(kind.__name__)
+
+
+def _encode_numpy(value, tensors: list, torch):
+    """A numpy array as {"__ndarray__": tensor} (what apply expects), a numpy scalar as its dtype and value."""
+    if getattr(value, "ndim", None) == 0 and not hasattr(value, "__setitem__") and value.dtype.kind in "biuf":
+        item = value.item()
+        return ["n", [value.dtype.name, item if not isinstance(item, float) or math.isfinite(item) else repr(item)]]
+    try:
+        tensor = torch.from_numpy(value)
+    except (TypeError, ValueError) as exc:  # object arrays, non-native byte order
+        raise Unsupported(f"a numpy {getattr(value, 'dtype', type(value).__name__)}") from exc
+    tensors.append(tensor)
+    return ["d", [["__ndarray__", ["T", len(tensors) - 1]]]]
 
 
 def dumps(tree) -> bytes:
-    """Encode a tree of containers, scalars and CPU tensors; raise Unsupported for anything else."""
+    """Encode a tree of containers, scalars, tensors and numpy values; raise Unsupported for anything else.
+
+    The bytes are a copy: the live tensors of the tree may change as soon as this returns.
+    """
     torch = _torch()
     tensors: list = []
     encoded = _encode(tree, tensors, torch)
     blobs, specs, offset = [], [], 0
     for t in tensors:
+        t = t.detach()
         if t.device.type != "cpu":
-            raise Unsupported(f"a tensor on {t.device}")
+            t = t.to("cpu")  # synchronous: the bytes are taken below, before training goes on
         if not t.is_contiguous():
             t = t.contiguous()
         nbytes = t.numel() * t.element_size()
@@ -107,6 +127,10 @@ def _decode(node, tensors: list):
         return tensors[body]
     if tag == "f":
         return float(body)
+    if tag == "n":
+        import numpy as np
+
+        return np.dtype(body[0]).type(float(body[1]) if isinstance(body[1], str) else body[1])
     if tag == "B":
         return base64.b64decode(body)
     raise ValueError(f"unknown tag {tag!r}")

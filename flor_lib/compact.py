@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flor_lib import arrow_build as ab
 from flor_lib.buffer import read_stream
 from flor_lib.schema import RECORD_SCHEMA
 from flor_lib.store import Store, cache_root, remote_failure
@@ -25,6 +25,13 @@ MERGE_AT = 16  # merge a project's run files once this many have accumulated
 RUNS_INDEX_AT = 4  # rewrite a project's runs index (remote stores) once this many documents are new
 _SOURCES_KEY = b"flor_sources"
 _sources_memo: dict[str, list[str]] = {}
+
+
+def _pc():
+    """pyarrow.compute, imported when needed: a plain run's exit never is (65 ms of import)."""
+    import pyarrow.compute as pc
+
+    return pc
 
 
 def stream_files(store: Store, projid: str | None = None, runid: str | None = None) -> list[Path]:
@@ -147,12 +154,13 @@ def finalize_stream(store: Store, stream: Path, keep_below_seq: int | None = Non
     """
     table = read_stream(stream)
     if keep_below_seq is not None:
-        table = table.filter(pc.less(table["seq"], keep_below_seq))
+        table = table.filter(_pc().less(table["seq"], ab.int64_scalar(keep_below_seq)))
     projid = stream.parent.parent.name
     if table.num_rows and table["vid"].null_count:  # flushed before the code snapshot was taken
         vid = (store.run_meta(projid, stream.parent.name) or {}).get("vid")
         if vid:
-            table = table.set_column(table.schema.get_field_index("vid"), "vid", pc.fill_null(table["vid"], vid))
+            filled = _pc().coalesce(table["vid"], ab.repeated_string(vid, table.num_rows))
+            table = table.set_column(table.schema.get_field_index("vid"), "vid", filled)
     if table.num_rows:
         store.write_bytes(f"{store.records_dir(projid)}/{_parquet_name(stream)}", _parquet_bytes(table))
     if live if live is not None else stream.name.startswith("a"):
@@ -203,6 +211,8 @@ def _attempt(name: str) -> int | None:
 
 def truncate_finalized(store: Store, projid: str, runid: str, attempt: int, bound: int) -> int:
     """Drop records of an already finalized attempt with seq >= bound (a later attempt redid them)."""
+    pc = _pc()
+
     dropped = 0
     with _merge_lock(store, projid):
         files = record_files(store, projid)
@@ -210,12 +220,15 @@ def truncate_finalized(store: Store, projid: str, runid: str, attempt: int, boun
             if _name(f) != f"{runid}--a{attempt}.parquet" and not _name(f).startswith("merged-"):
                 continue
             table = _read(store, f, files[f])
-            drop = pc.and_(pc.and_(pc.equal(table["runid"], runid), pc.equal(table["attempt"], attempt)),
-                           pc.and_(pc.equal(table["source"], "record"), pc.greater_equal(table["seq"], bound)))
+            same_run = pc.and_(pc.equal(table["runid"], ab.strings([runid])[0]),
+                               pc.equal(table["attempt"], ab.numbers(pa.int32(), [attempt])[0]))
+            redone = pc.and_(pc.equal(table["source"], ab.strings(["record"])[0]),
+                             pc.greater_equal(table["seq"], ab.int64_scalar(bound)))
+            drop = pc.and_(same_run, redone)
             count = pc.sum(drop.cast(pa.int64())).as_py() or 0
             if not count:
                 continue
-            kept = table.filter(pc.invert(pc.fill_null(drop, False)))
+            kept = table.filter(pc.invert(pc.coalesce(drop, ab.bools_false(len(drop)))))
             if _name(f).startswith("merged-"):  # a new merged file replacing the old one (and its sources)
                 sources = sorted(set(_sources(store, f, files[f])) | {_name(f)})
                 kept = kept.replace_schema_metadata({_SOURCES_KEY: json.dumps(sources).encode()})

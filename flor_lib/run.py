@@ -337,15 +337,15 @@ class Run(Lifecycle):
         if not self.policy.should_save(index + 1, last):
             return
         t0 = time.perf_counter()
-        state = ckpt.capture(self.objects, framevars.capture(frame, framevars.nested_loop_names(str(self.script))))
+        state = ckpt.snapshot(self.objects, framevars.capture(frame, framevars.nested_loop_names(str(self.script))))
         seq = self.buffer.next_seq
         copy_s = time.perf_counter() - t0
         if not self.writer.submit(index, state, seq, copy_s, last):  # the last one is never skipped
             self.skipped_checkpoints += 1
 
-    def _write_checkpoint(self, index: int, state: dict, seq: int, copy_s: float, last: bool) -> None:
+    def _write_checkpoint(self, index: int, state: bytes | dict, seq: int, copy_s: float, last: bool) -> None:
         t0, cpu0 = time.perf_counter(), time.thread_time()
-        data = ckpt.serialize(state)
+        data = state if isinstance(state, bytes) else ckpt.serialize(state)
         path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/i{index:06d}.pt"
         self.store.write_bytes(path, data)
         self._unlisted.append(

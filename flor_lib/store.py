@@ -11,8 +11,6 @@ import threading
 import uuid
 from pathlib import Path
 
-import fsspec
-
 from flor_lib import config
 from flor_lib.errors import FlorError
 
@@ -24,6 +22,28 @@ _announce_lock = threading.Lock()
 def cache_root() -> Path:
     """Host-local directory for spools, the offline outbox and downloaded objects (FLOR_CACHE_DIR)."""
     return Path(os.environ.get("FLOR_CACHE_DIR") or Path.home() / ".cache" / "flor")
+
+
+def _local_path(url: str) -> str | None:
+    """The absolute path of a local root (a path, file:// or local:// URL), None for any other protocol."""
+    for scheme in ("file://", "local://"):
+        if url.startswith(scheme):
+            return os.path.abspath(url[len(scheme):])
+    return None if "://" in url or url.startswith("memory:") else os.path.abspath(url)
+
+
+def _local_listing(prefix: str) -> dict[str, dict]:
+    """Every file under a local directory with fsspec-like info (name, size, type, mtime)."""
+    found = {}
+    for folder, _, names in os.walk(prefix):
+        for name in names:
+            path = f"{folder}/{name}"
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:  # removed between the walk and the stat (a merge)
+                continue
+            found[path] = {"name": path, "size": st.st_size, "type": "file", "mtime": st.st_mtime}
+    return found
 
 
 def _fs_options(root: str) -> dict:
@@ -64,8 +84,14 @@ class Store:
 
     def __init__(self, root: str | None = None) -> None:
         self.root = root or config.store_root()
-        self.fs, self.base = fsspec.core.url_to_fs(os.path.expanduser(self.root), **_fs_options(self.root))
-        self.is_local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
+        local = _local_path(os.path.expanduser(self.root))
+        if local is not None:  # fsspec (100 ms of import) only when a query or a listing needs it
+            self._fs, self.base, self.is_local = None, local, True
+        else:
+            import fsspec
+
+            self._fs, self.base = fsspec.core.url_to_fs(os.path.expanduser(self.root), **_fs_options(self.root))
+            self.is_local = self._fs.protocol in ("file", ("file", "local")) or "file" in self._fs.protocol
         self.remote = not self.is_local
         self.remote_base = self.base
         self.offline = False
@@ -75,6 +101,19 @@ class Store:
         self._spool = Path(self.path("live")) if self.is_local else cache / "spool" / key
         self.outbox = cache / "outbox" / key
         self.objects = cache / "objects" / key
+
+    @property
+    def fs(self):
+        """The fsspec filesystem of the root (the local one is created on first use)."""
+        if self._fs is None:
+            import fsspec
+
+            self._fs = fsspec.filesystem("file")
+        return self._fs
+
+    @fs.setter
+    def fs(self, value) -> None:
+        self._fs = value
 
     def path(self, *parts: str) -> str:
         """Join parts under the store root."""
@@ -101,7 +140,7 @@ class Store:
         if self.offline:
             return
         self.offline, self.offline_reason = True, describe(exc)
-        self.fs, self.base, self.is_local = fsspec.filesystem("file"), str(self.outbox), True
+        self._fs, self.base, self.is_local = None, str(self.outbox), True
         with _announce_lock:
             if self.root in _announced:
                 return
@@ -126,10 +165,10 @@ class Store:
                 self.go_offline(exc)
             return
         try:
-            self.fs.makedirs(self.path("runs"), exist_ok=True)
+            os.makedirs(self.path("runs"), exist_ok=True)
             probe = self.path("runs", f".probe-{uuid.uuid4().hex}")
-            self.fs.pipe_file(probe, b"")
-            self.fs.rm_file(probe)
+            Path(probe).write_bytes(b"")
+            os.remove(probe)
         except (OSError, PermissionError) as exc:
             raise FlorError(
                 f"the store {self.root} is not writable ({exc.__class__.__name__}): "
@@ -187,7 +226,9 @@ class Store:
 
     def get(self, path: str) -> bytes:
         """A whole small object in one GET (no HEAD first, no cached listing consulted)."""
-        return self.fs.cat_file(path, max_concurrency=1) if not self.is_local else self.fs.cat_file(path)
+        if self.is_local:
+            return Path(path).read_bytes()
+        return self.fs.cat_file(path, max_concurrency=1)
 
     def get_many(self, paths: list[str], on_error: str = "raise") -> dict[str, bytes]:
         """Whole small objects, fetched concurrently, one GET each."""
@@ -211,8 +252,7 @@ class Store:
         it one HEAD request reads the object's ETag.
         """
         if self.is_local:
-            with self.fs.open(self._here(path), "rb") as f:
-                return f.read()
+            return Path(self._here(path)).read_bytes()
         size = None
         if version is None:
             info = self.fs.info(path)
@@ -251,6 +291,8 @@ class Store:
     def listing(self, *parts: str) -> dict[str, dict]:
         """Every object under a prefix with its info (one LIST request per 1000 objects on S3)."""
         prefix = self.path(*parts)
+        if self.is_local:
+            return _local_listing(prefix)
         self.fs.invalidate_cache(prefix)  # the prefix and its parents; cached listings below it too:
         for key in [k for k in getattr(self.fs, "dircache", {}) if k.startswith(prefix + "/")]:
             self.fs.dircache.pop(key, None)

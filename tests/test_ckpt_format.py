@@ -80,3 +80,32 @@ def test_a_torn_checkpoint_is_reported_as_corrupted_in_one_line(cut):
     with pytest.raises(FlorError, match="checkpoint is corrupted") as err:
         ckpt.load(data[:cut])
     assert "\n" not in str(err.value)
+
+
+def test_a_snapshot_is_taken_at_once_and_later_changes_do_not_leak_into_it():
+    import numpy as np
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    arr = np.zeros(4)
+    loop_vars = {"running": np.float64(0.5), "count": np.int32(3), "flag": np.bool_(True), "best": torch.ones(2)}
+    data = ckpt.snapshot([model, arr], loop_vars)
+    assert isinstance(data, bytes)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight += 1
+    arr += 7
+    loop_vars["best"] += 1
+    state = ckpt.load(data)
+    fresh_model, fresh_arr = torch.nn.Linear(3, 2), np.ones(4)
+    back = ckpt.apply(state, [fresh_model, fresh_arr])
+    assert all(torch.equal(fresh_model.state_dict()[k], before[k]) for k in before)
+    assert (fresh_arr == 0).all() and torch.equal(back["best"], torch.ones(2))
+    assert {k: (type(v), v) for k, v in back.items() if k != "best"} == {
+        "running": (np.float64, 0.5), "count": (np.int32, 3), "flag": (np.bool_, True)}
+
+
+def test_a_snapshot_of_other_objects_is_a_deep_copy_pickled_later():
+    state = ckpt.snapshot([{"w": [1, 2]}], {"ratio": Fraction(1, 3)})
+    assert isinstance(state, dict)
+    assert ckpt.load(ckpt.serialize(state), unsafe=True)["vars"]["ratio"] == Fraction(1, 3)

@@ -104,14 +104,16 @@ def test_every_subcommand_has_help_with_examples(repo):
 
 
 def test_bash_completion_completes_subcommands_and_options(tmp_path):
-    script = flor("--show-completion", "bash", cwd=tmp_path, timeout=120)
-    assert script.returncode == 0 and "complete -o default -F _flor_completion flor" in script.stdout, show(script)
-    (tmp_path / "flor.bash").write_text(script.stdout)
     shim = tmp_path / "bin" / "flor"  # the completion function calls `flor` itself: it may not be installed here
     shim.parent.mkdir()
     shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m flor_flows.cli "$@"\n')
     shim.chmod(0o755)
     env = flows_env(PATH=f"{shim.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    # typed in bash, as a user would: the shell is detected from the parent process, whatever ran the suite
+    script = subprocess.run(["bash", "-c", "flor --show-completion; exit $?"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert script.returncode == 0 and "complete -o default -F _flor_completion flor" in script.stdout, show(script)
+    (tmp_path / "flor.bash").write_text(script.stdout)
 
     def complete(*words: str) -> list[str]:
         """What bash offers for the last word, through the sourced script as a user's shell would run it."""

@@ -32,6 +32,7 @@ class ReplayMode:
         self.checked = 0
         self.restored: list[int] = []
         self.executed: list[int] = []
+        self._checkpoints = {c["iter"]: c for c in self.meta.get("checkpoints", [])}  # one restore per epoch
 
     @classmethod
     def from_env(cls) -> ReplayMode:
@@ -135,7 +136,7 @@ class ReplayMode:
         run._nested_done = True
 
     def _restore(self, run, index: int, frame) -> None:
-        entry = next((c for c in self.meta.get("checkpoints", []) if c["iter"] == index), None)
+        entry = self._checkpoints.get(index)
         if entry is None:
             raise FlorError(f"run {self.seg.runid} has no checkpoint at iteration {index}")
         path = f"{self.store.checkpoint_dir(self.seg.projid, self.seg.runid)}/{entry['path']}"
