@@ -11,7 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from flor_lib import config
+from flor_lib import config, localfs
 from flor_lib.errors import FlorError
 
 RUNS_INDEX = "_index.json.gz"  # runs/<projid>/_index.json.gz: metas of a project's runs, keyed by version
@@ -22,28 +22,6 @@ _announce_lock = threading.Lock()
 def cache_root() -> Path:
     """Host-local directory for spools, the offline outbox and downloaded objects (FLOR_CACHE_DIR)."""
     return Path(os.environ.get("FLOR_CACHE_DIR") or Path.home() / ".cache" / "flor")
-
-
-def _local_path(url: str) -> str | None:
-    """The absolute path of a local root (a path, file:// or local:// URL), None for any other protocol."""
-    for scheme in ("file://", "local://"):
-        if url.startswith(scheme):
-            return os.path.abspath(url[len(scheme):])
-    return None if "://" in url or url.startswith("memory:") else os.path.abspath(url)
-
-
-def _local_listing(prefix: str) -> dict[str, dict]:
-    """Every file under a local directory with fsspec-like info (name, size, type, mtime)."""
-    found = {}
-    for folder, _, names in os.walk(prefix):
-        for name in names:
-            path = f"{folder}/{name}"
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:  # removed between the walk and the stat (a merge)
-                continue
-            found[path] = {"name": path, "size": st.st_size, "type": "file", "mtime": st.st_mtime}
-    return found
 
 
 def _fs_options(root: str) -> dict:
@@ -84,7 +62,7 @@ class Store:
 
     def __init__(self, root: str | None = None) -> None:
         self.root = root or config.store_root()
-        local = _local_path(os.path.expanduser(self.root))
+        local = localfs.root_path(os.path.expanduser(self.root))
         if local is not None:  # fsspec (100 ms of import) only when a query or a listing needs it
             self._fs, self.base, self.is_local = None, local, True
         else:
@@ -292,7 +270,7 @@ class Store:
         """Every object under a prefix with its info (one LIST request per 1000 objects on S3)."""
         prefix = self.path(*parts)
         if self.is_local:
-            return _local_listing(prefix)
+            return localfs.listing(prefix)
         self.fs.invalidate_cache(prefix)  # the prefix and its parents; cached listings below it too:
         for key in [k for k in getattr(self.fs, "dircache", {}) if k.startswith(prefix + "/")]:
             self.fs.dircache.pop(key, None)
