@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -46,6 +47,7 @@ _one_line_errors()
 def _current():
     global _run
     if _run is None:
+        cpu = time.thread_time()
         from flor_lib import args as cli
         from flor_lib.run import Run
 
@@ -59,6 +61,7 @@ def _current():
             _run = Run(name=flags.get("name") or os.environ.get("FLOR_RUN_NAME"), replay=replay)
         except FlorError as exc:
             exit_with(exc)
+        _run.cost.add("start", time.thread_time() - cpu)
     return _run
 
 

@@ -60,6 +60,7 @@ class RecordBuffer:
         self._mirrored_seq = first_seq
         self._last_mirror = time.monotonic()
         self.mirrored = False  # whether a copy was handed to the mirror
+        self.thread_cpu_s = 0.0  # CPU of the background flushes
         self._thread = threading.Thread(target=self._loop, name="flor-flush", daemon=True)
         self._thread.start()
 
@@ -149,19 +150,24 @@ class RecordBuffer:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                self.flush()
-            except BaseException as exc:  # a full disk must not kill training; report once
-                if self._error is None:
-                    self._error = exc
-                    if self.on_error:
-                        self.on_error(exc)
-            try:
-                self.mirror_now()
-            except Exception as exc:  # the store reports its own outages; anything else once
-                if self._mirror_error is None:
-                    self._mirror_error = exc
-                    print(f"flor: warning: live copy of {self.path.name} not uploaded ({exc})", file=sys.stderr)
+            cpu = time.thread_time()
+            self._flush_and_mirror()
+            self.thread_cpu_s += time.thread_time() - cpu
+
+    def _flush_and_mirror(self) -> None:
+        try:
+            self.flush()
+        except BaseException as exc:  # a full disk must not kill training; report once
+            if self._error is None:
+                self._error = exc
+                if self.on_error:
+                    self.on_error(exc)
+        try:
+            self.mirror_now()
+        except Exception as exc:  # the store reports its own outages; anything else once
+            if self._mirror_error is None:
+                self._mirror_error = exc
+                print(f"flor: warning: live copy of {self.path.name} not uploaded ({exc})", file=sys.stderr)
 
     def _write(self, rows: list[Row]) -> None:
         batch = self._to_batch(rows)

@@ -62,7 +62,8 @@ def _from_cpu(tree):
 def rng_state() -> dict:
     """Every RNG state that replay needs to reproduce shuffling and dropout."""
     torch = _torch()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    version, words, gauss = random.getstate()  # 625 ints: one small tensor, not 625 JSON numbers
+    state = {"python": [version, torch.tensor(words, dtype=torch.int64), gauss], "torch": torch.get_rng_state()}
     try:
         import numpy as np
 
@@ -79,7 +80,7 @@ def set_rng_state(state: dict) -> None:
     """Put back the RNG states saved by rng_state."""
     torch = _torch()
     py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
+    random.setstate((py[0], tuple(py[1].tolist() if hasattr(py[1], "tolist") else py[1]), py[2]))
     torch.set_rng_state(state["torch"])
     if "numpy" in state:
         import numpy as np
@@ -194,7 +195,7 @@ class Pacer:
     only makes a resume start from the checkpoint before, which is as correct and slightly longer.
     """
 
-    def __init__(self, min_interval: float = 1.0, share: float = 0.02) -> None:
+    def __init__(self, min_interval: float = 5.0, share: float = 0.02) -> None:
         self.min_interval, self.share = min_interval, share
         self.last_at: float | None = None
         self.cost = 0.0

@@ -259,6 +259,15 @@ def _merge_lock(store: Store, projid: str):
 def merge_project(store: Store, projid: str, at_least: int = MERGE_AT) -> int:
     """Merge a project's run files into one sorted file once there are at_least of them."""
     merged = 0
+    if len(record_files(store, projid)) >= at_least:  # else nothing to merge: no lock (nor its import) needed
+        merged = _merge_locked(store, projid, at_least)
+    if store.remote and not store.offline:
+        store.refresh_runs_index(projid, 1 if merged or at_least < MERGE_AT else RUNS_INDEX_AT)
+    return merged
+
+
+def _merge_locked(store: Store, projid: str, at_least: int) -> int:
+    merged = 0
     with _merge_lock(store, projid):
         files = record_files(store, projid)
         replaced = replaced_keys(store, files)
@@ -277,8 +286,6 @@ def merge_project(store: Store, projid: str, at_least: int = MERGE_AT) -> int:
             store.write_bytes(target, _parquet_bytes(table, row_group_size=100_000))
             store.fs.rm(sorted(files))  # the inputs and any superseded file a crash left behind
             merged = len(visible)
-    if store.remote and not store.offline:
-        store.refresh_runs_index(projid, 1 if merged or at_least < MERGE_AT else RUNS_INDEX_AT)
     return merged
 
 

@@ -17,7 +17,9 @@ from flor_lib import args as cli
 from flor_lib import checkpoint as ckpt
 from flor_lib import config, framevars, values, versions
 from flor_lib.buffer import RecordBuffer, RecordsNotWritten
-from flor_lib.errors import FlorError, warn
+from flor_lib.cost import Cost
+from flor_lib.errors import warn
+from flor_lib.run_checkpoints import Checkpoints
 from flor_lib.run_lifecycle import Lifecycle
 from flor_lib.run_lifecycle import truncation as truncation  # re-exported: flows import it from here
 from flor_lib.store import Store
@@ -33,11 +35,13 @@ def _script_path() -> Path:
     return Path(path).resolve()
 
 
-class Run(Lifecycle):
+class Run(Checkpoints, Lifecycle):
     """The state of the current process's run; created by the first flor call."""
 
     def __init__(self, name: str | None = None, script: Path | None = None, replay=None) -> None:
         self.replay = replay  # a replay.mode.ReplayMode when re-executing an old run
+        self.cost = Cost()  # flor's own CPU, per part (saved as meta["cost"])
+        self.iterations = 0  # loop iterations flor tracked (their per-call cost is not timed)
         self.store = Store()
         self.script = script or _script_path()
         self.cli_args = cli.parse_cli(sys.argv[1:])
@@ -124,7 +128,7 @@ class Run(Lifecycle):
     def _claim(self, runid: str) -> bool:
         """Reserve a runid; on a local store atomically, so two runs started at once never share one."""
         path = self.store.run_meta_path(self.projid, runid)
-        if self.store.fs.exists(path):
+        if os.path.exists(path) if self.store.is_local else self.store.fs.exists(path):
             return False
         if not self.store.is_local:
             return True
@@ -163,6 +167,10 @@ class Run(Lifecycle):
         return Keys()
 
     def _snapshot(self) -> None:
+        with self.cost.measure("code_snapshot", children=True):  # the git processes are flor's too
+            self._take_snapshot()
+
+    def _take_snapshot(self) -> None:
         try:
             if self.project.root is not None and self.meta.get("vid") is None:
                 vid, skipped = versions.snapshot(self.project.root, f"flor: {self.runid} {self.project.relpath}")
@@ -253,12 +261,16 @@ class Run(Lifecycle):
 
     def iterate(self, name: str, iterable):
         """Yield the items of one loop, tracking its 0-based index in the loop position."""
-        for index, item in enumerate(iterable):
-            self.push(name, index)
-            try:
-                yield item
-            finally:
-                self.pop()
+        index = -1
+        try:
+            for index, item in enumerate(iterable):
+                self.push(name, index)
+                try:
+                    yield item
+                finally:
+                    self.pop()
+        finally:
+            self.iterations += index + 1
 
     def push(self, name: str, index: int) -> None:
         """Enter iteration index of loop name."""
@@ -294,6 +306,7 @@ class Run(Lifecycle):
         self._quiet = False
         for item in it:
             index += 1
+            self.iterations += 1
             self.push(name, index)
             self._nested_done = False
             try:
@@ -324,58 +337,6 @@ class Run(Lifecycle):
         entry = next(c for c in self.checkpoints if c["iter"] == index)
         framevars.restore(frame, ckpt.apply(ckpt.load(self._read_checkpoint(entry)), self.objects))
         self._resume_pending = False
-
-    # checkpoints --------------------------------------------------------------------------------
-    def maybe_checkpoint(self, index: int, frame) -> None:
-        """Checkpoint outer iteration index if the policy allows (always the last one)."""
-        if not self.objects or self.replay is not None:
-            return
-        if self._segment_deadline is not None and time.perf_counter() >= self._segment_deadline:
-            self._segment_stop = index + 1  # time is up: end the segment after this iteration, checkpointed
-        last = (self._outer_len is not None and index == self._outer_len - 1) or (
-            self._segment_stop is not None and index == self._segment_stop - 1)
-        if not self.policy.should_save(index + 1, last):
-            return
-        t0 = time.perf_counter()
-        state = ckpt.snapshot(self.objects, framevars.capture(frame, framevars.nested_loop_names(str(self.script))))
-        seq = self.buffer.next_seq
-        copy_s = time.perf_counter() - t0
-        if not self.writer.submit(index, state, seq, copy_s, last):  # the last one is never skipped
-            self.skipped_checkpoints += 1
-
-    def _write_checkpoint(self, index: int, state: bytes | dict, seq: int, copy_s: float, last: bool) -> None:
-        t0, cpu0 = time.perf_counter(), time.thread_time()
-        data = state if isinstance(state, bytes) else ckpt.serialize(state)
-        path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/i{index:06d}.pt"
-        self.store.write_bytes(path, data)
-        self._unlisted.append(
-            {"iter": index, "path": path.rsplit("/", 1)[-1], "bytes": len(data), "seq": seq,
-             "copy_s": round(copy_s, 6), "save_s": round(time.perf_counter() - t0, 6),
-             "save_cpu_s": round(time.thread_time() - cpu0, 6), "attempt": self.attempt})
-        self._meta_pacer.maybe(self._list_checkpoints, force=last or not self.checkpoints)
-        # what training pays: its own copy, and the CPU this thread takes from it (not fsync waits)
-        self.policy.record_cost(copy_s + time.thread_time() - cpu0)
-
-    def _list_checkpoints(self) -> None:
-        """Make the records before the written checkpoints durable, then list them in the run's metadata."""
-        self.buffer.flush()
-        if not self.store.is_local:
-            self.buffer.mirror_now(force=True)  # ...on the store too, so any host can resume from it
-        self._adopt_unlisted()
-        self._save_meta()
-
-    def _adopt_unlisted(self) -> None:
-        """Move written checkpoints into the listed ones (a rewritten iteration replaces its old entry)."""
-        new, self._unlisted = self._unlisted, []
-        redone = {c["iter"] for c in new}
-        self.checkpoints = [c for c in self.checkpoints if c["iter"] not in redone] + new
-
-    def _read_checkpoint(self, entry: dict) -> bytes:
-        path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/{entry['path']}"
-        try:
-            return self.store.fetch_cached(path, version=f"{entry['attempt']}-{entry['seq']}-{entry['bytes']}")
-        except FileNotFoundError as exc:
-            raise FlorError(f"checkpoint {entry['path']} of run {self.runid} is missing") from exc
 
 
 def masked_argv(argv: list[str]) -> list[str]:

@@ -69,11 +69,26 @@ class Lifecycle:
         self._closed = True
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if main else None  # no commit cut in half
+        cpu = time.thread_time()
         try:
             self._commit()
+            self._save_cost(time.thread_time() - cpu)
         finally:
             if main and previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+
+    def _save_cost(self, exit_cpu: float) -> None:
+        """Add flor's own CPU for this attempt to the metadata (after compaction, so it counts too)."""
+        if self.replay is not None or self.lost is not None or self.store.offline:
+            return
+        self.cost.add("exit", exit_cpu)
+        self.cost.add("record_flush", self.buffer.thread_cpu_s)
+        self.meta["attempts"][-1]["cost"] = self.cost.summary(iterations=self.iterations,
+                                                              records=self.buffer.next_seq)
+        try:
+            self._save_meta()
+        except OSError as exc:  # informational: the run itself is complete
+            warn(f"flor's cost of this run not saved ({exc})")
 
     def _commit(self) -> None:
         if self.replay is not None:

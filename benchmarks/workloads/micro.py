@@ -51,6 +51,7 @@ def log_calls(ctx: Ctx) -> list[Row]:
     reps = max(ctx.reps, 1) if ctx.quick else max(ctx.reps, 3)
     ctx.say(f"flor.log: {n_flor} calls (FlorDB {n_fdb}), {reps} x {'/'.join(variants)}")
     res = interleave(variants, reps)
+    ctx.data["log_us"] = max(0.0, res["flor"]["thread_cpu_us"].median - res["stub"]["thread_cpu_us"].median)
     rows = []
     for key, what in (("thread_cpu_us", "CPU µs per call, training thread"),
                       ("process_cpu_us", "CPU µs per call, whole process (background flush included)"),
@@ -85,6 +86,7 @@ def imports(ctx: Ctx) -> list[Row]:
     reps = max(ctx.reps, 1) if ctx.quick else max(ctx.reps, 5)
     ctx.say(f"imports: {reps} x {'/'.join(variants)}")
     res = interleave(variants, reps)
+    ctx.data["log_us"] = max(0.0, res["flor"]["thread_cpu_us"].median - res["stub"]["thread_cpu_us"].median)
     rows = []
     for key, what in (("s", "wall"), ("cpu", "CPU")):
         f = res["flor"][key]

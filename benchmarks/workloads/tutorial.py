@@ -6,6 +6,7 @@ Figures: record overhead (CPU and wall, interleaved triples), and the tutorial's
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import flordb_adapter as fdb
@@ -142,9 +143,38 @@ def measure(ctx: Ctx, script: scripts.Script) -> list[Row]:
                             flor=fmt_sample(e, "s"), base=fmt_sample(p, "s"), flor_vs=fmt_pct(ratios(e, p)),
                             target="record cost without the checkpoint budget" if key == "cpu" else ""))
     ctx.data.setdefault("overhead", {})[tag] = {k: {m: s.values for m, s in v.items()} for k, v in res.items()}
+    rows += accounted_rows(ctx, runmeta.load(store, "ovh-"), res["plain"]["cpu"], label, script.target)
     if script.checkpoints:
         rows += checkpoint_rows(ctx, runmeta.load(store, "ovh-"), label)
     return rows
+
+
+def accounted_rows(ctx: Ctx, metas: list[dict], plain_cpu: Sample, label: str, target: str) -> list[Row]:
+    """flor's own CPU per run as each run accounted it (metadata `cost`), against the plain run's CPU.
+
+    Unlike the side-by-side rows, this does not depend on how two processes happened to be scheduled:
+    each part is thread CPU time where it runs. Per-call costs (flor.log, flor.loop iterations) are
+    estimated from the flor.log micro-benchmark of the same invocation (`--only log overhead`).
+    """
+    costs = [m["attempts"][-1]["cost"] for m in metas if (m.get("attempts") or [{}])[-1].get("cost")]
+    if not costs or not plain_cpu:
+        return [Row(SECTION, f"{label}: flor's own CPU (run metadata)", flor="n/a: no cost in metadata")]
+    per_call_us = ctx.data.get("log_us")
+    calls = [c.get("iterations", 0) + c.get("records", 0) for c in costs]
+    est = [n * per_call_us / 1e6 if per_call_us is not None else 0.0 for n in calls]
+    total = Sample([c["total_s"] + e for c, e in zip(costs, est, strict=True)])
+    share = Sample([1 + t / plain_cpu.median for t in total.values])
+    parts = sorted({k for c in costs for k, v in c.items() if k not in ("total_s", "iterations", "records")})
+    median = {k: Sample([c.get(k, 0.0) for c in costs]).median for k in parts}
+    calls_note = (f"calls {statistics.median(calls):.0f} x {per_call_us:.2f} µs = {statistics.median(est):.3f}"
+                  if per_call_us is not None else "calls not estimated (run `--only log overhead`)")
+    return [
+        Row(SECTION, f"{label}: flor's own CPU s per run, accounted where it runs (metadata `cost`)",
+            flor=fmt_sample(total, "s"), base=fmt_sample(plain_cpu, "s") + " plain run",
+            flor_vs=fmt_pct(share), target=target),
+        Row(SECTION, f"{label}: ... by part, median s", flor=", ".join(f"{k} {v:.3f}" for k, v in median.items())
+            + f"; {calls_note}"),
+    ]
 
 
 def checkpoint_rows(ctx: Ctx, metas: list[dict], label: str, eps: float = 1 / 15) -> list[Row]:

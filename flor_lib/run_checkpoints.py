@@ -1,0 +1,66 @@
+"""When and how a run checkpoints: the policy's decision, the snapshot on the training thread, the write."""
+
+from __future__ import annotations
+
+import time
+
+from flor_lib import checkpoint as ckpt
+from flor_lib import framevars
+from flor_lib.errors import FlorError
+
+
+class Checkpoints:
+    """The checkpointing half of Run (its state is set up in Run.__init__)."""
+
+    def maybe_checkpoint(self, index: int, frame) -> None:
+        """Checkpoint outer iteration index if the policy allows (always the last one)."""
+        if not self.objects or self.replay is not None:
+            return
+        if self._segment_deadline is not None and time.perf_counter() >= self._segment_deadline:
+            self._segment_stop = index + 1  # time is up: end the segment after this iteration, checkpointed
+        last = (self._outer_len is not None and index == self._outer_len - 1) or (
+            self._segment_stop is not None and index == self._segment_stop - 1)
+        if not self.policy.should_save(index + 1, last):
+            return
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        state = ckpt.snapshot(self.objects, framevars.capture(frame, framevars.nested_loop_names(str(self.script))))
+        seq = self.buffer.next_seq
+        copy_s = time.perf_counter() - t0
+        self.cost.add("snapshot", time.thread_time() - cpu0)
+        if not self.writer.submit(index, state, seq, copy_s, last):  # the last one is never skipped
+            self.skipped_checkpoints += 1
+
+    def _write_checkpoint(self, index: int, state: bytes | dict, seq: int, copy_s: float, last: bool) -> None:
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        data = state if isinstance(state, bytes) else ckpt.serialize(state)
+        path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/i{index:06d}.pt"
+        self.store.write_bytes(path, data)
+        self._unlisted.append(
+            {"iter": index, "path": path.rsplit("/", 1)[-1], "bytes": len(data), "seq": seq,
+             "copy_s": round(copy_s, 6), "save_s": round(time.perf_counter() - t0, 6),
+             "save_cpu_s": round(time.thread_time() - cpu0, 6), "attempt": self.attempt})
+        self._meta_pacer.maybe(self._list_checkpoints, force=last or not self.checkpoints)
+        # what training pays: its own copy, and the CPU this thread takes from it (not fsync waits)
+        self.policy.record_cost(copy_s + time.thread_time() - cpu0)
+        self.cost.add("checkpoint_writer", time.thread_time() - cpu0)
+
+    def _list_checkpoints(self) -> None:
+        """Make the records before the written checkpoints durable, then list them in the run's metadata."""
+        self.buffer.flush()
+        if not self.store.is_local:
+            self.buffer.mirror_now(force=True)  # ...on the store too, so any host can resume from it
+        self._adopt_unlisted()
+        self._save_meta()
+
+    def _adopt_unlisted(self) -> None:
+        """Move written checkpoints into the listed ones (a rewritten iteration replaces its old entry)."""
+        new, self._unlisted = self._unlisted, []
+        redone = {c["iter"] for c in new}
+        self.checkpoints = [c for c in self.checkpoints if c["iter"] not in redone] + new
+
+    def _read_checkpoint(self, entry: dict) -> bytes:
+        path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/{entry['path']}"
+        try:
+            return self.store.fetch_cached(path, version=f"{entry['attempt']}-{entry['seq']}-{entry['bytes']}")
+        except FileNotFoundError as exc:
+            raise FlorError(f"checkpoint {entry['path']} of run {self.runid} is missing") from exc
