@@ -118,6 +118,9 @@ def show(runid: str = typer.Argument(..., help="The run to show (see `flor ls`).
     con.print(f"script {meta.get('repo') or '?'}/{meta.get('filename')} {' '.join(meta.get('argv') or [])}"
               f"  on {meta.get('host')}" + (f"  CUDA_VISIBLE_DEVICES={item['device']}" if item["device"] else "")
               + (f"  sweep {meta['sweep']}" if meta.get("sweep") else ""))
+    cost = own_cost(item["attempts"], item["duration_s"])
+    if cost:
+        con.print(cost)
     print_table("args", ["name", "value"], [[k, fmt(v)] for k, v in item["args"].items()])
     print_table("final metrics", ["name", "value"], [[k, fmt(v)] for k, v in metrics.items()])
     if item["checkpoints"]:
@@ -130,6 +133,19 @@ def show(runid: str = typer.Argument(..., help="The run to show (see `flor ls`).
                      for a in item["attempts"]])
     if diff:
         con.print(code_diff(store, meta) or "(no earlier version of this script)")
+
+
+def own_cost(attempts: list[dict], duration_s: float | None) -> str:
+    """One line: the CPU flor itself took over a run's attempts, by part (empty when none was saved)."""
+    costs = [a["cost"] for a in attempts if a.get("cost")]
+    if not costs:
+        return ""
+    total = sum(c.get("total_s", 0.0) for c in costs)
+    parts = {k: sum(c.get(k, 0.0) for c in costs) for k in
+             ("start", "snapshot", "checkpoint_writer", "record_flush", "code_snapshot", "exit")}
+    share = f" = {100 * total / duration_s:.1f}% of its {duration(duration_s)}" if duration_s else ""
+    return (f"flor's own CPU {total:.2f} s{share}: "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in parts.items() if v))
 
 
 def code_diff(store: Store, meta: dict) -> str:

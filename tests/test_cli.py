@@ -54,8 +54,13 @@ def test_query_commands_on_a_recorded_store(repo, store, run_script):
     assert proc.returncode == 0, show(proc)
     item = json.loads(proc.stdout)
     assert item["args"]["hidden"] == 16 and item["checkpoints"] and item["metrics"]["loss"] == last_loss
+    cost = item["attempts"][-1]["cost"]  # flor's own CPU, accounted where it ran
+    assert {"start", "snapshot", "checkpoint_writer", "exit"} <= set(cost) and cost["records"] >= 4
+    parts = [v for k, v in cost.items() if k not in ("total_s", "records", "iterations")]
+    assert 0 < cost["total_s"] == pytest.approx(sum(parts), abs=1e-5)
     text = flor("show", "second", cwd=repo)
     assert text.returncode == 0 and "final metrics" in text.stdout and "checkpoints" in text.stdout, show(text)
+    assert "flor's own CPU" in text.stdout and "checkpoint writer" in text.stdout, show(text)
 
     proc = flor("status", "--json", cwd=repo)
     assert proc.returncode == 0 and json.loads(proc.stdout) == [], show(proc)

@@ -86,7 +86,6 @@ def imports(ctx: Ctx) -> list[Row]:
     reps = max(ctx.reps, 1) if ctx.quick else max(ctx.reps, 5)
     ctx.say(f"imports: {reps} x {'/'.join(variants)}")
     res = interleave(variants, reps)
-    ctx.data["log_us"] = max(0.0, res["flor"]["thread_cpu_us"].median - res["stub"]["thread_cpu_us"].median)
     rows = []
     for key, what in (("s", "wall"), ("cpu", "CPU")):
         f = res["flor"][key]
