@@ -6,6 +6,7 @@ Figures: record overhead (CPU and wall, interleaved triples), and the tutorial's
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from common import (
     PYTHON,
     ROOT,
     STUB,
+    WORKLOADS,
     BenchError,
     Sample,
     base_env,
@@ -54,7 +56,48 @@ def run(ctx: Ctx) -> list[Row]:
     rows = []
     for script in scripts.for_overhead(ctx):
         rows += measure(ctx, script)
-    return rows
+    return rows if ctx.quick else paired(ctx) + rows
+
+
+PAIRED_EPOCHS = 60
+
+
+def paired(ctx: Ctx) -> list[Row]:
+    """The tutorial's model trained twice in lockstep in one process, one copy recorded (paired_train.py)."""
+    repo = scratch_repo(ctx.work / "paired", {"paired_train.py": (WORKLOADS / "paired_train.py").read_text()},
+                        ignore=["store/", "*.json"])
+    out = repo / "result.json"
+    env = base_env(FLOR_STORE=str(repo / "store"), PYTHONPATH=str(ROOT))
+
+    def one(extra_env: dict, *args: str) -> dict:
+        out.unlink(missing_ok=True)
+        run_child([PYTHON, "paired_train.py", str(PAIRED_EPOCHS), str(out), *args], cwd=repo,
+                  env={**env, **extra_env})
+        got = json.loads(out.read_text())
+        if not got["same_weights"]:
+            raise BenchError("paired copies diverged: the recorded copy did not train like the plain one")
+        # recording's cost on training: A's extra training-thread CPU (median per-epoch ratio) plus flor's
+        # background threads
+        return {"pct": 100 * (got["median_ratio"] - 1 + got["background_s"] / got["b_s"]), "b_s": got["b_s"],
+                "checkpoints": got["checkpoints"]}
+
+    variants = {"default": lambda rep: one({}), "eps0": lambda rep: one({"FLOR_EPSILON": "0"}),
+                "control": lambda rep: one({}, "aa")}
+    reps = max(ctx.reps, 3)
+    ctx.say(f"record overhead, paired in one process: {reps} x {'/'.join(variants)} ({PAIRED_EPOCHS} epochs)")
+    res = interleave(variants, reps)
+    label = f"tutorial model, paired in one process (epochs={PAIRED_EPOCHS})"
+    ck = res["default"]["checkpoints"]
+    return [
+        Row(SECTION, f"{label}: recording's cost on the training loop, % of the plain copy's CPU "
+            f"(training thread + flor's background threads; {ck.median:.0f} checkpoints)",
+            flor=fmt_sample(res["default"]["pct"], "%"), base=fmt_sample(res["default"]["b_s"], "s") + " plain copy",
+            target="flor < +2% (logging must not slow training)"),
+        Row(SECTION, f"{label}: same, FLOR_EPSILON=0 (logging and loops only, first and last checkpoint)",
+            flor=fmt_sample(res["eps0"]["pct"], "%"), base=fmt_sample(res["eps0"]["b_s"], "s") + " plain copy"),
+        Row(SECTION, f"{label}: control, both copies plain (the method's noise floor)",
+            flor=fmt_sample(res["control"]["pct"], "%"), base=fmt_sample(res["control"]["b_s"], "s") + " plain copy"),
+    ]
 
 
 LOOP_START, LOOP_END = "# Train the model\n", "# Test the model\n"
