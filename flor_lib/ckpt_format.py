@@ -3,8 +3,9 @@
 Layout: MAGIC, an 8-byte little-endian header length, the JSON header, padding to 64 bytes, then the
 tensors' bytes back to back. Every container in the tree is a tagged list, so no user key can collide
 with a tag: ["d", [[k, v], ...]] dict, ["l", [...]] list, ["t", [...]] tuple, ["T", i] tensor i,
-["B", base64] bytes, ["n", [dtype, value]] a numpy scalar. None, bools, ints, floats (nan/inf included) and strings are JSON scalars.
-A tree holding anything else raises Unsupported, and the caller falls back to torch.save.
+["B", base64] bytes, ["n", [dtype, value]] a numpy scalar, ["f", repr] a non-finite float. None,
+bools, ints, floats and strings are JSON scalars. A tree holding anything else raises Unsupported, and
+the caller falls back to torch.save.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def dumps(tree) -> bytes:
             t = t.contiguous()
         nbytes = t.numel() * t.element_size()
         try:
-            blob = t.numpy()  # a buffer of the tensor's bytes, no copy (to_cpu already copied)
+            blob = t.numpy()  # a view of the tensor's bytes: the one copy is the join below
         except (TypeError, RuntimeError):  # bfloat16 and friends have no numpy dtype: view as bytes
             blob = t.reshape(-1).view(torch.uint8).numpy() if nbytes else b""
         blobs.append(blob)
