@@ -108,7 +108,7 @@ def snapshot(objs: list, frame_vars: dict) -> bytes | dict:
     try:
         return ckpt_format.dumps(tree)
     except ckpt_format.Unsupported:
-        return capture(objs, frame_vars)
+        return to_cpu(tree)  # the same tree, copied (state_dict and RNG states are not taken twice)
 
 
 def serialize(state: dict) -> bytes:

@@ -40,7 +40,7 @@ class Run(Checkpoints, Lifecycle):
 
     def __init__(self, name: str | None = None, script: Path | None = None, replay=None) -> None:
         self.replay = replay  # a replay.mode.ReplayMode when re-executing an old run
-        self.cost = Cost()  # flor's own CPU, per part (saved as meta["cost"])
+        self.cost = Cost()  # flor's own CPU, per part (saved as meta["attempts"][-1]["cost"])
         self.iterations = 0  # loop iterations flor tracked (their per-call cost is not timed)
         self.store = Store()
         self.script = script or _script_path()
