@@ -19,6 +19,7 @@ import struct
 MAGIC = b"FLORCKP1"
 _ALIGN = 64
 _JSON_SCALARS = {int, bool, str, type(None)}  # exact types: a subclass (IntEnum) would not come back
+_finite = math.isfinite
 
 
 @functools.cache
@@ -27,6 +28,11 @@ def _numpy_types() -> dict:
 
     return {name: np.dtype(name) for name in ("float64", "float32", "float16", "int64", "int32", "int16",
                                               "int8", "uint8", "bool", "complex64", "complex128")}
+
+
+@functools.cache
+def _dtype_name(dtype) -> str:
+    return str(dtype)[6:]  # torch.float32 -> float32
 
 
 class Unsupported(TypeError):
@@ -58,8 +64,9 @@ def _encode(tree, tensors: list, torch):
         return ["T", len(tensors) - 1]
     if kind.__module__ == "numpy":
         return _encode_numpy(tree, tensors, torch)
-    if isinstance(tree, dict):
-        return ["d", [[_encode(k, tensors, torch), _encode(v, tensors, torch)] for k, v in tree.items()]]
+    if isinstance(tree, dict):  # str keys with plain values (optimizer hyper-parameters) skip the recursion
+        return ["d", [[k, v] if type(k) is str and (type(v) in _JSON_SCALARS or type(v) is float and _finite(v))
+                      else [_encode(k, tensors, torch), _encode(v, tensors, torch)] for k, v in tree.items()]]
     if type(tree) is list or type(tree) is tuple:
         tag = "l" if type(tree) is list else "t"
         if set(map(type, tree)) <= _JSON_SCALARS:  # Python's RNG state: 625 ints, encoded in one step
@@ -93,18 +100,19 @@ def dumps(tree) -> bytes:
     encoded = _encode(tree, tensors, torch)
     blobs, specs, offset = [], [], 0
     for t in tensors:
-        t = t.detach()
-        if t.device.type != "cpu":
+        if t.requires_grad:
+            t = t.detach()
+        if not t.is_cpu:
             t = t.to("cpu")  # synchronous: the bytes are taken below, before training goes on
         if not t.is_contiguous():
             t = t.contiguous()
-        nbytes = t.numel() * t.element_size()
+        nbytes = t.nbytes
         try:
             blob = t.numpy()  # a view of the tensor's bytes: the one copy is the join below
         except (TypeError, RuntimeError):  # bfloat16 and friends have no numpy dtype: view as bytes
             blob = t.reshape(-1).view(torch.uint8).numpy() if nbytes else b""
         blobs.append(blob)
-        specs.append([str(t.dtype)[6:], t.shape, offset, nbytes])
+        specs.append([_dtype_name(t.dtype), t.shape, offset, nbytes])
         offset += nbytes
         if offset % _ALIGN:  # each tensor starts aligned, so a view of any dtype is legal
             blobs.append(b"\0" * (_ALIGN - offset % _ALIGN))

@@ -286,7 +286,7 @@ class Run(Checkpoints, Lifecycle):
         self._outer_len = len(iterable) if hasattr(iterable, "__len__") else None
         start = self._resume_point()["iter"]
         frame = sys._getframe(1)
-        self.policy.started = time.perf_counter()
+        self.policy.start()
         it = iter(iterable)
         index = -1
         if start is None:

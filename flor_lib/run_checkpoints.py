@@ -34,7 +34,7 @@ class Checkpoints:
         t0, cpu0 = time.perf_counter(), time.thread_time()
         data = state if isinstance(state, bytes) else ckpt.serialize(state)
         path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/i{index:06d}.pt"
-        self.store.write_bytes(path, data)
+        self.store.write_bytes(path, data, durable=False)  # fsynced in a batch when listed: _adopt_unlisted
         self._unlisted.append(
             {"iter": index, "path": path.rsplit("/", 1)[-1], "bytes": len(data), "seq": seq,
              "copy_s": round(copy_s, 6), "save_s": round(time.perf_counter() - t0, 6),
@@ -55,6 +55,8 @@ class Checkpoints:
     def _adopt_unlisted(self) -> None:
         """Move written checkpoints into the listed ones (a rewritten iteration replaces its old entry)."""
         new, self._unlisted = self._unlisted, []
+        folder = self.store.checkpoint_dir(self.projid, self.runid)
+        self.store.make_durable([f"{folder}/{c['path']}" for c in new])  # listed means durable
         redone = {c["iter"] for c in new}
         self.checkpoints = [c for c in self.checkpoints if c["iter"] not in redone] + new
 

@@ -172,8 +172,12 @@ class Store:
                 raise self.unreachable(exc) from exc
 
     # writes and reads ---------------------------------------------------------------------------
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Write a whole object atomically: rename on disk, a single PUT on object stores."""
+    def write_bytes(self, path: str, data: bytes, durable: bool = True) -> None:
+        """Write a whole object atomically: rename on disk, a single PUT on object stores.
+
+        durable=False skips the fsync: the caller makes a batch durable with make_durable() before it
+        publishes them (kill -9 cannot lose a renamed file; only an OS crash could, and unpublished is unused).
+        """
         if not self.is_local:
             try:
                 self.fs.pipe_file(path, data)
@@ -187,9 +191,30 @@ class Store:
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+
+    def make_durable(self, paths: list[str]) -> None:
+        """fsync files written with durable=False, and their directories (so the renames last too)."""
+        if not self.is_local and not self.offline:  # a PUT is durable when it returns
+            return
+        dirs = set()
+        for path in map(self._here, paths):
+            for target in (path, os.path.dirname(path)):
+                if target in dirs:
+                    continue
+                try:
+                    fd = os.open(target, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                if target != path:
+                    dirs.add(target)
 
     def write_json(self, path: str, obj: dict) -> None:
         """Write a JSON document atomically."""

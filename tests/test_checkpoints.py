@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from flor_lib.config import epsilon
 from tests.replay_story import FAST, make_repo, record
 
 KILL_AFTER_EPOCH = (
@@ -109,7 +110,22 @@ def test_policy_keeps_checkpoint_cost_under_epsilon_and_saves_the_last_iteration
     cost = sum(c["copy_s"] + c["save_s"] for c in meta["checkpoints"])
     train = 30 * 0.05
     first_and_last = 2 * max(c["copy_s"] + c["save_s"] for c in meta["checkpoints"])
-    assert cost <= train / 15 + first_and_last
+    assert cost <= train * epsilon() + first_and_last
+
+
+def test_default_budget_leaves_room_for_the_two_percent_promise():
+    assert epsilon() <= 0.015 and epsilon() > 0  # FlorDB's 1/15 alone would spend 6.7% of training
+
+
+def test_policy_counts_training_time_on_every_core():
+    from flor_lib.checkpoint import Policy
+
+    p = Policy(eps=0.01)
+    p.record_cost(0.1)  # the first checkpoint cost 0.1 s
+    p.started, p.started_cpu = time.perf_counter() - 10, time.process_time()  # 10 s wall, no CPU yet
+    assert not p.should_save(5, last=False)  # 2*0.1 > 0.01*10
+    p.started_cpu = time.process_time() - 40  # ...but 4 threads did 40 CPU-seconds of training
+    assert p.should_save(5, last=False)
 
 
 def test_policy_rule_is_the_papers():
@@ -224,3 +240,14 @@ def test_a_run_in_segments_and_a_failed_then_resumed_run_equal_a_whole_run(tmp_p
     meta = json.loads(next((store / "runs").glob("*/seg.json")).read_text())
     assert meta["status"] == "completed" and len(meta["attempts"]) == 3
     assert _losses(store, "seg") == _losses(store, "whole")
+
+
+def test_checkpoints_written_without_fsync_are_made_durable_when_listed(tmp_path):
+    from flor_lib.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    path = f"{store.checkpoint_dir('p', 'r')}/i000001.pt"
+    store.write_bytes(path, b"state", durable=False)
+    store.make_durable([path, f"{store.checkpoint_dir('p', 'r')}/gone.pt"])  # a missing file is skipped
+    assert Path(path).read_bytes() == b"state"
+    assert not list(Path(path).parent.glob("*.tmp-*"))
