@@ -1,8 +1,9 @@
-"""Local store roots without fsspec (100 ms of import a training process need not pay)."""
+"""Local store files without fsspec (100 ms of import a training process need not pay)."""
 
 from __future__ import annotations
 
 import os
+import uuid
 
 
 def root_path(url: str) -> str | None:
@@ -25,3 +26,34 @@ def listing(prefix: str) -> dict[str, dict]:
                 continue
             found[path] = {"name": path, "size": st.st_size, "type": "file", "mtime": st.st_mtime}
     return found
+
+
+def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
+    """Write a file whole or not at all (temp file + rename); fsync it first when durable."""
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_paths(paths: list[str]) -> None:
+    """fsync files (missing ones are skipped) and, once each, the directories holding them."""
+    done = set()
+    for path in paths:
+        for target in (path, os.path.dirname(path)):
+            if target in done:
+                continue
+            try:
+                fd = os.open(target, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            done.add(target)

@@ -186,35 +186,12 @@ class Store:
                 if not remote_failure(exc):
                     raise
                 self.go_offline(exc)
-        path = self._here(path)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        localfs.write_atomic(self._here(path), data, durable)
 
     def make_durable(self, paths: list[str]) -> None:
         """fsync files written with durable=False, and their directories (so the renames last too)."""
-        if not self.is_local and not self.offline:  # a PUT is durable when it returns
-            return
-        dirs = set()
-        for path in map(self._here, paths):
-            for target in (path, os.path.dirname(path)):
-                if target in dirs:
-                    continue
-                try:
-                    fd = os.open(target, os.O_RDONLY)
-                except FileNotFoundError:
-                    continue
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                if target != path:
-                    dirs.add(target)
+        if self.is_local or self.offline:  # (a PUT is durable when it returns)
+            localfs.fsync_paths([self._here(p) for p in paths])
 
     def write_json(self, path: str, obj: dict) -> None:
         """Write a JSON document atomically."""

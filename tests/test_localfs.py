@@ -35,3 +35,14 @@ def test_a_run_on_a_local_store_never_imports_fsspec(tmp_path):
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "False"
+
+
+def test_atomic_writes_replace_whole_files_and_leave_no_temp_files(tmp_path):
+    from flor_lib.localfs import fsync_paths, write_atomic
+
+    target = tmp_path / "a" / "b" / "x.bin"
+    write_atomic(str(target), b"first")
+    write_atomic(str(target), b"second", durable=False)
+    fsync_paths([str(target), str(tmp_path / "missing.bin")])
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["x.bin"]

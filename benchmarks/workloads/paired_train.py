@@ -4,9 +4,10 @@ Each epoch trains copy A inside flor.loop (flor.log every 10 steps, flor.checkpo
 with the default adaptive policy) and copy B with a plain loop, alternating which goes first. Both
 see the same machine at the same moment, so the noise of a shared machine (±15% between two
 processes run a minute apart) cancels, and the difference is what recording costs training:
-A's extra training-thread CPU, plus the CPU of flor's background threads (checkpoint writer, record
-flush) that recording added, per steady-state epoch (epoch 0 warms both up and is not counted; the
-fixed cost of a run is in its metadata `cost`). Writes JSON to OUT.
+A's extra CPU (the whole process's, torch's worker threads included, less flor's background threads),
+plus the CPU of flor's background threads (checkpoint writer, record flush), per steady-state epoch;
+the same on the training thread alone (≈ wall time) is reported beside it. Epoch 0 warms both up
+and is not counted; the fixed cost of a run is in its metadata `cost`. Writes JSON to OUT.
 
 Usage: python paired_train.py EPOCHS OUT.json [aa]   (aa: the control, both copies plain)
 """
@@ -81,21 +82,38 @@ def background_cpu() -> float:
     return parts.get("checkpoint_writer", 0.0) + flor._run.buffer.thread_cpu_s  # the flush thread's, live
 
 
-times = {"a": [], "b": []}
+def flor_background() -> float:
+    return 0.0 if control else background_cpu()
+
+
+def fresh() -> dict:
+    return {"a": [], "b": [], "a_main": [], "b_main": []}
+
+
+times = fresh()
 warm = 0.0
 for epoch in flor.loop("epoch", range(epochs)):
     if epoch == 1:  # epoch 0 warms both copies up (first optimizer step, first checkpoint): not counted
-        times, warm = {"a": [], "b": []}, background_cpu()
+        times, warm = fresh(), flor_background()
     for side in ("ab" if epoch % 2 == 0 else "ba"):
-        t = time.thread_time()
+        main, cpu, bg = time.thread_time(), time.process_time(), flor_background()
         epoch_a() if side == "a" else epoch_b()  # A's checkpoint is taken as its step loop ends
-        times[side].append(time.thread_time() - t)
+        # the process's CPU (torch's worker threads too: the issue's metric is the script's CPU time),
+        # less flor's background threads, which are added once below, whichever epoch they overlapped
+        times[side].append(time.process_time() - cpu - (flor_background() - bg))
+        times[side + "_main"].append(time.thread_time() - main)
 flor.commit()
-background = 0.0 if control else background_cpu() - warm
-# a neighbour's burst only ever slows one side of one epoch: the median of per-epoch ratios ignores it
-ratio = statistics.median(a / b for a, b in zip(times["a"], times["b"], strict=True))
-cpu = {"a": sum(times["a"]), "b": sum(times["b"])}
+background = flor_background() - warm
+
+
+def median_ratio(a: list, b: list) -> float:
+    # a neighbour's burst only ever slows one side of one epoch: the median of per-epoch ratios ignores it
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
 same = all(torch.equal(p, q) for p, q in zip(model_a.parameters(), model_b.parameters(), strict=True))
 with open(out, "w") as f:
-    json.dump({"a_s": cpu["a"], "b_s": cpu["b"], "background_s": background, "median_ratio": ratio,
+    json.dump({"a_s": sum(times["a"]), "b_s": sum(times["b"]), "b_main_s": sum(times["b_main"]),
+               "background_s": background, "median_ratio": median_ratio(times["a"], times["b"]),
+               "median_ratio_main": median_ratio(times["a_main"], times["b_main"]),
                "checkpoints": len(flor._run.checkpoints), "epochs": epochs, "same_weights": same}, f)
