@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flor_lib import config
+from flor_lib import config, versions_cache
 from flor_lib.errors import FlorError, warn
 
 
@@ -32,9 +32,14 @@ def _sanitize(text: str) -> str:
 
 def locate(script: Path) -> Project:
     """Find the repository of a script and name its project (repo + branch)."""
+    script = script.resolve()
+    fast = versions_cache.locate_fast(script)  # the plain case from .git's files: no GitPython import
+    if fast is not None:
+        root, branch = fast
+        return Project(projid=_sanitize(f"{root.name}_{branch}"), root=root,
+                       relpath=str(script.relative_to(root)), branch=branch)
     import git
 
-    script = script.resolve()
     try:
         repo = git.Repo(script.parent, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
@@ -63,14 +68,20 @@ def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[st
 
     Uses a private index file, so the user's HEAD, branch, index and files stay as they were.
     Files over max_bytes are left out (and never hashed into the object store). Identical trees
-    reuse an earlier snapshot's commit.
+    reuse an earlier snapshot's commit. An unchanged working tree (see versions_cache) reuses the last
+    snapshot without running git at all.
     """
+    max_bytes = config.max_snapshot_bytes() if max_bytes is None else max_bytes
+    shadow = config.shadow_branch()
+    cached = versions_cache.lookup(root, max_bytes, shadow)
+    if cached is not None:
+        return cached
     import git
 
-    max_bytes = config.max_snapshot_bytes() if max_bytes is None else max_bytes
+    since_ns = time.time_ns()  # before anything is listed: a file touched after this is not cached
     repo = git.Repo(root)
     gitdir = Path(repo.git_dir)
-    ref = f"refs/heads/{config.shadow_branch()}"
+    ref = f"refs/heads/{shadow}"
     fd, index = tempfile.mkstemp(prefix="flor-index-", dir=gitdir)
     os.close(fd)
     specs = index + ".pathspecs"
@@ -81,7 +92,11 @@ def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[st
             os.unlink(index)
         env = {"GIT_INDEX_FILE": index}
         g = repo.git
-        skipped, tracked, empty_repos = _large_files(g, Path(repo.working_tree_dir), env, max_bytes)
+        top = Path(repo.working_tree_dir)
+        skipped, tracked, empty_repos, paths = _large_files(g, top, env, max_bytes)
+        # stats before `git add`: an edit after them shows as a changed stat next time (a miss, not a
+        # stale hit); nested repositories without a commit are warned about every time, so never cached
+        fp = None if empty_repos else versions_cache.fingerprint(top, paths, env, since_ns)
         if empty_repos:
             warn("left out of the code snapshot (nested git repositories without a commit): "
                  + ", ".join(empty_repos[:5]) + (" ..." if len(empty_repos) > 5 else ""))
@@ -93,7 +108,10 @@ def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[st
             g.rm("--cached", "-q", "--ignore-unmatch", f"--pathspec-from-file={specs}", "--pathspec-file-nul",
                  env=env)
         tree = g.write_tree(env=env)
-        return _commit(repo, ref, tree, message), skipped
+        vid, tip = _commit(repo, ref, tree, message)
+        if fp is not None:
+            versions_cache.save(top, fp, max_bytes=max_bytes, shadow=shadow, vid=vid, tip=tip, skipped=skipped)
+        return vid, skipped
     finally:
         for p in (index, index + ".lock", specs):
             if os.path.exists(p):
@@ -105,13 +123,15 @@ def _write_specs(path: str, specs: list[str]) -> None:
         f.write(b"".join(s.encode("utf-8", "surrogateescape") + b"\0" for s in specs))
 
 
-def _large_files(g, root: Path, env: dict, max_bytes: int) -> tuple[list[str], list[str], list[str]]:
-    """Files (tracked, or untracked and not ignored) larger than max_bytes, which of them are tracked, and
-    untracked nested git repositories without a commit (which `git add` refuses)."""
+def _large_files(g, root: Path, env: dict,
+                 max_bytes: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Files (tracked, or untracked and not ignored) larger than max_bytes, which of them are tracked,
+    untracked nested git repositories without a commit (which `git add` refuses), and every listed path."""
     tracked = [p for p in g.ls_files("-z", "--cached", env=env).split("\0") if p]
     others = [p for p in g.ls_files("-z", "--others", "--exclude-standard", env=env).split("\0") if p]
+    paths = list(dict.fromkeys(tracked + others))
     large, empty_repos = [], []
-    for path in dict.fromkeys(tracked + others):
+    for path in paths:
         if path.endswith("/"):  # an untracked nested repository: git adds its HEAD commit, if it has one
             if not _has_commit(root / path):
                 empty_repos.append(path.rstrip("/"))
@@ -123,7 +143,7 @@ def _large_files(g, root: Path, env: dict, max_bytes: int) -> tuple[list[str], l
         if stat.S_ISREG(st.st_mode) and st.st_size > max_bytes:
             large.append(path)
     big = set(large)
-    return large, [p for p in dict.fromkeys(tracked) if p in big], empty_repos
+    return large, [p for p in dict.fromkeys(tracked) if p in big], empty_repos, paths
 
 
 def _has_commit(path: Path) -> bool:
@@ -135,7 +155,8 @@ def _has_commit(path: Path) -> bool:
         return False
 
 
-def _commit(repo, ref: str, tree: str, message: str) -> str:
+def _commit(repo, ref: str, tree: str, message: str) -> tuple[str, str]:
+    """(commit, the ref's tip it was found under or became): reuses a recent commit of the same tree."""
     import git
 
     g = repo.git
@@ -148,7 +169,7 @@ def _commit(repo, ref: str, tree: str, message: str) -> str:
             for line in g.log("--format=%H %T", "-n", "64", tip).splitlines():
                 commit, commit_tree = line.split()
                 if commit_tree == tree:
-                    return commit
+                    return commit, tip
         parents = ["-p", tip] if tip else []
         try:
             head = g.rev_parse("--verify", "-q", "HEAD")
@@ -160,7 +181,7 @@ def _commit(repo, ref: str, tree: str, message: str) -> str:
         try:
             # compare-and-swap: fails if another run moved the branch since we read it
             g.update_ref(ref, commit, tip or "0" * 40)
-            return commit
+            return commit, commit
         except git.GitCommandError:
             time.sleep(0.01 * (attempt + 1))
     raise FlorError(f"could not update {ref} after 50 tries: another process keeps moving it")

@@ -422,6 +422,7 @@ def test_two_runs_of_one_repo_at_once_both_complete(repo, write_script, popen_sc
         for e in flor.loop("epoch", range(15)):
             flor.log("pid", os.getpid())
             time.sleep(0.02)
+        flor._run._vid_ready.wait(60)  # the snapshot thread is done: later edits are not in this vid
         print("VID-READY", flush=True)
     """, commit=True)
     a = popen_script(repo, "--flor", "runA", script="par.py", env={"FLOR_FLUSH_SECONDS": "0.1"})
