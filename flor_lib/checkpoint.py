@@ -105,10 +105,16 @@ def capture(objs: list, frame_vars: dict) -> dict:
 def snapshot(objs: list, frame_vars: dict) -> bytes | dict:
     """The checkpoint, taken on the training thread: its bytes (one copy of the live state, no pickling),
     or, for state the format cannot hold, a deep CPU copy that serialize() pickles later."""
+    parts = snapshot_parts(objs, frame_vars)
+    return b"".join(parts) if isinstance(parts, list) else parts
+
+
+def snapshot_parts(objs: list, frame_vars: dict) -> list | dict:
+    """Like snapshot, but flor's format as buffers that view the live tensors: write (or join) them at once."""
     tree = {"objects": [o.state_dict() if hasattr(o, "state_dict") else o for o in objs],
             "rng": rng_state(), "vars": frame_vars}
     try:
-        return ckpt_format.dumps(tree)
+        return ckpt_format.encode(tree)
     except ckpt_format.Unsupported:
         return to_cpu(tree)  # the same tree, copied (state_dict and RNG states are not taken twice)
 
@@ -169,16 +175,20 @@ def apply(state: dict, objs: list) -> dict:
 
 
 class Policy:
-    """FlorDB's adaptive rule: take checkpoint k+1 only while (k+1)*M <= eps*n*C.
+    """FlorDB's adaptive rule, (k+1)*M <= eps*n*C: checkpoint while what checkpoints have cost, plus the
+    next one, stays within eps of the training done so far.
 
-    n*C, the training done so far, is the larger of its wall time and its CPU time: flor's overhead
-    promise is in CPU time, and a loop on 8 threads does 8 CPU-seconds of work per second.
+    The next one is predicted by the last one (not the mean): the first checkpoint pays for warm-up
+    (allocation, first imports) and would otherwise skip the next few iterations. n*C, the training
+    done, is the larger of its wall time and its CPU time: flor's overhead promise is in CPU time, and
+    a loop on 8 threads does 8 CPU-seconds of work per second.
     """
 
     def __init__(self, eps: float) -> None:
         self.eps = eps
         self.taken = 0
-        self.save_cost = 0.0  # mean seconds per checkpoint (copy + serialize + write)
+        self.spent = 0.0  # seconds all checkpoints cost (copy + serialize + write)
+        self.last_cost = 0.0
         self.start()
 
     def start(self) -> None:
@@ -190,12 +200,13 @@ class Policy:
         if last or self.taken == 0:
             return True
         elapsed = max(time.perf_counter() - self.started, time.process_time() - self.started_cpu)
-        return (self.taken + 1) * self.save_cost <= self.eps * elapsed
+        return self.spent + self.last_cost <= self.eps * elapsed
 
     def record_cost(self, seconds: float) -> None:
-        """Fold the measured cost of one checkpoint into the running mean."""
+        """Count the measured cost of one checkpoint."""
         self.taken += 1
-        self.save_cost += (seconds - self.save_cost) / self.taken
+        self.spent += seconds
+        self.last_cost = seconds
 
 
 class Pacer:
@@ -224,7 +235,7 @@ class Pacer:
 class Writer:
     """Serializes and writes checkpoints on a daemon thread, behind a bounded queue."""
 
-    def __init__(self, write: Callable[[int, dict, int, float], None], depth: int = 2) -> None:
+    def __init__(self, write: Callable[[int, bytes | dict | int, int, float, bool], None], depth: int = 2) -> None:
         self._write = write
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._loop, name="flor-ckpt", daemon=True)
@@ -238,6 +249,10 @@ class Writer:
             return True
         except queue.Full:
             return False
+
+    def idle(self) -> bool:
+        """Whether nothing is queued (an inline write must not overtake a queued one of the same run)."""
+        return self._queue.empty()
 
     def close(self) -> None:
         """Wait for queued checkpoints to be written."""

@@ -95,6 +95,12 @@ def dumps(tree) -> bytes:
 
     The bytes are a copy: the live tensors of the tree may change as soon as this returns.
     """
+    return b"".join(encode(tree))
+
+
+def encode(tree) -> list:
+    """The encoding as a list of buffers, tensors' bytes as views of the live tensors (no copy): write or
+    join them before the tensors change. Raise Unsupported for a value this format does not hold."""
     torch = _torch()
     tensors: list = []
     encoded = _encode(tree, tensors, torch)
@@ -108,7 +114,7 @@ def dumps(tree) -> bytes:
             t = t.contiguous()
         nbytes = t.nbytes
         try:
-            blob = t.numpy()  # a view of the tensor's bytes: the one copy is the join below
+            blob = t.numpy()  # a view of the tensor's bytes: the one copy is the caller's join or write
         except (TypeError, RuntimeError):  # bfloat16 and friends have no numpy dtype: view as bytes
             blob = t.reshape(-1).view(torch.uint8).numpy() if nbytes else b""
         blobs.append(blob)
@@ -119,7 +125,7 @@ def dumps(tree) -> bytes:
             offset += _ALIGN - offset % _ALIGN
     header = json.dumps({"tree": encoded, "tensors": specs}, separators=(",", ":")).encode()
     pad = -(len(MAGIC) + 8 + len(header)) % _ALIGN
-    return b"".join([MAGIC, struct.pack("<Q", len(header)), header, b"\0" * pad, *blobs])
+    return [MAGIC, struct.pack("<Q", len(header)), header, b"\0" * pad, *blobs]
 
 
 def _decode(node, tensors: list):

@@ -28,16 +28,25 @@ def listing(prefix: str) -> dict[str, dict]:
     return found
 
 
-def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
-    """Write a file whole or not at all (temp file + rename); fsync it first when durable."""
+def write_atomic(path: str, data: bytes | list, durable: bool = True) -> None:
+    """Write a file (bytes, or a list of buffers written in turn) whole or not at all: temp file + rename;
+    fsync it first when durable."""
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as f:
-        f.write(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        for part in data if isinstance(data, list) else [data]:
+            view = memoryview(part).cast("B")  # straight from the buffer (a tensor's bytes) to the file
+            while view:
+                view = view[os.write(fd, view):]
         if durable:
-            f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)  # a full disk leaves no half-written temp file behind
+        raise
+    os.close(fd)
     os.replace(tmp, path)
 
 

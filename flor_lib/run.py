@@ -169,6 +169,9 @@ class Run(Checkpoints, Lifecycle):
     def _snapshot(self) -> None:
         with self.cost.measure("code_snapshot", children=True):  # the git processes are flor's too
             self._take_snapshot()
+            # parse the script for checkpoints' loop variables here, not in the first checkpoint: its
+            # cost predicts the next ones' (checkpoint.Policy)
+            framevars.nested_loop_names(str(self.script))
 
     def _take_snapshot(self) -> None:
         try:

@@ -8,6 +8,8 @@ from flor_lib import checkpoint as ckpt
 from flor_lib import framevars
 from flor_lib.errors import FlorError
 
+INLINE_BYTES = 8 << 20  # up to this size the training thread writes a checkpoint itself (~5 ms at most)
+
 
 class Checkpoints:
     """The checkpointing half of Run (its state is set up in Run.__init__)."""
@@ -23,25 +25,46 @@ class Checkpoints:
         if not self.policy.should_save(index + 1, last):
             return
         t0, cpu0 = time.perf_counter(), time.thread_time()
-        state = ckpt.snapshot(self.objects, framevars.capture(frame, framevars.nested_loop_names(str(self.script))))
+        state = ckpt.snapshot_parts(self.objects,
+                                    framevars.capture(frame, framevars.nested_loop_names(str(self.script))))
+        if isinstance(state, list):  # flor's format, viewing the live tensors: write or copy them now
+            size = sum(memoryview(p).nbytes for p in state)
+            if size <= INLINE_BYTES and self.store.is_local and not self.store.offline and self.writer.idle():
+                # small state on a local disk: one copy, straight into the page cache, cheaper than a copy
+                # handed to the writer thread (which then competes with training for the cores)
+                self.store.write_bytes(self._checkpoint_path(index), state, durable=False)
+                state = size
+            else:
+                state = b"".join(state)
         seq = self.buffer.next_seq
         copy_s = time.perf_counter() - t0
         self.cost.add("snapshot", time.thread_time() - cpu0)
         if not self.writer.submit(index, state, seq, copy_s, last):  # the last one is never skipped
             self.skipped_checkpoints += 1
 
-    def _write_checkpoint(self, index: int, state: bytes | dict, seq: int, copy_s: float, last: bool) -> None:
+    def _checkpoint_path(self, index: int) -> str:
+        return f"{self.store.checkpoint_dir(self.projid, self.runid)}/i{index:06d}.pt"
+
+    def _write_checkpoint(self, index: int, state: bytes | dict | int, seq: int, copy_s: float,
+                          last: bool) -> None:
+        """Write a checkpoint (an int: already written, of that size), then list it in due time."""
         t0, cpu0 = time.perf_counter(), time.thread_time()
-        data = state if isinstance(state, bytes) else ckpt.serialize(state)
-        path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/i{index:06d}.pt"
-        self.store.write_bytes(path, data, durable=False)  # fsynced in a batch when listed: _adopt_unlisted
+        path = self._checkpoint_path(index)
+        if isinstance(state, int):
+            size = state
+        else:
+            data = state if isinstance(state, bytes) else ckpt.serialize(state)
+            self.store.write_bytes(path, data, durable=False)  # fsynced in a batch when listed: _adopt_unlisted
+            size = len(data)
+        save_cpu = time.thread_time() - cpu0
         self._unlisted.append(
-            {"iter": index, "path": path.rsplit("/", 1)[-1], "bytes": len(data), "seq": seq,
+            {"iter": index, "path": path.rsplit("/", 1)[-1], "bytes": size, "seq": seq,
              "copy_s": round(copy_s, 6), "save_s": round(time.perf_counter() - t0, 6),
-             "save_cpu_s": round(time.thread_time() - cpu0, 6), "attempt": self.attempt})
+             "save_cpu_s": round(save_cpu, 6), "attempt": self.attempt})
+        # what training pays for this checkpoint: its own copy, and the CPU this thread takes from it (not
+        # fsync waits); the listing below is paced on its own budget and would skew the next prediction
+        self.policy.record_cost(copy_s + save_cpu)
         self._meta_pacer.maybe(self._list_checkpoints, force=last or not self.checkpoints)
-        # what training pays: its own copy, and the CPU this thread takes from it (not fsync waits)
-        self.policy.record_cost(copy_s + time.thread_time() - cpu0)
         self.cost.add("checkpoint_writer", time.thread_time() - cpu0)
 
     def _list_checkpoints(self) -> None:

@@ -172,8 +172,9 @@ class Store:
                 raise self.unreachable(exc) from exc
 
     # writes and reads ---------------------------------------------------------------------------
-    def write_bytes(self, path: str, data: bytes, durable: bool = True) -> None:
-        """Write a whole object atomically: rename on disk, a single PUT on object stores.
+    def write_bytes(self, path: str, data: bytes | list, durable: bool = True) -> None:
+        """Write a whole object atomically: rename on disk, a single PUT on object stores (a list of
+        buffers is written in turn, on local disks only).
 
         durable=False skips the fsync: the caller makes a batch durable with make_durable() before it
         publishes them (kill -9 cannot lose a renamed file; only an OS crash could, and unpublished is unused).

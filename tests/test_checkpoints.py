@@ -117,6 +117,16 @@ def test_default_budget_leaves_room_for_the_two_percent_promise():
     assert epsilon() <= 0.015 and epsilon() > 0  # FlorDB's 1/15 alone would spend 6.7% of training
 
 
+def test_policy_does_not_let_a_slow_first_checkpoint_skip_the_next_ones():
+    from flor_lib.checkpoint import Policy
+
+    p = Policy(eps=0.1)
+    p.record_cost(1.0)  # the first pays for warm-up
+    p.record_cost(0.1)  # ...the next ones cost a tenth
+    p.started = time.perf_counter() - 12.5  # 1.1 s spent + 0.1 s next <= 0.1 * 12.5 s of training
+    assert p.should_save(3, last=False)  # (a mean of 0.55 s per checkpoint would have said no)
+
+
 def test_policy_counts_training_time_on_every_core():
     from flor_lib.checkpoint import Policy
 
