@@ -259,11 +259,15 @@ class Writer:
         self._queue.put(None)
         self._thread.join()
 
+    def failed(self, exc: BaseException) -> None:
+        """Note a checkpoint that could not be written (said once): training goes on without it."""
+        if self.error is None:
+            self.error = exc
+            warn(f"checkpoint not written ({exc}); training continues")
+
     def _loop(self) -> None:
         while (item := self._queue.get()) is not None:
             try:
                 self._write(*item)
             except BaseException as exc:
-                if self.error is None:
-                    self.error = exc
-                    warn(f"checkpoint not written ({exc}); training continues")
+                self.failed(exc)

@@ -32,7 +32,12 @@ class Checkpoints:
             if size <= INLINE_BYTES and self.store.is_local and not self.store.offline and self.writer.idle():
                 # small state on a local disk: one copy, straight into the page cache, cheaper than a copy
                 # handed to the writer thread (which then competes with training for the cores)
-                self.store.write_bytes(self._checkpoint_path(index), state, durable=False)
+                try:
+                    self.store.write_bytes(self._checkpoint_path(index), state, durable=False)
+                except OSError as exc:  # a full disk: training goes on, the next checkpoint tries again
+                    self.writer.failed(exc)
+                    self.skipped_checkpoints += 1
+                    return
                 state = size
             else:
                 state = b"".join(state)

@@ -261,3 +261,36 @@ def test_checkpoints_written_without_fsync_are_made_durable_when_listed(tmp_path
     store.make_durable([path, f"{store.checkpoint_dir('p', 'r')}/gone.pt"])  # a missing file is skipped
     assert Path(path).read_bytes() == b"state"
     assert not list(Path(path).parent.glob("*.tmp-*"))
+
+
+DISK_FULL_FOR_CHECKPOINTS = """
+import resource, time
+import flor_lib as flor
+import torch
+model = torch.nn.Linear(256, 256)  # 257 KB of state: more than the files may hold from epoch 3 on
+flor.checkpoints(model)
+for epoch in flor.loop("epoch", range(8)):
+    if epoch == 3:
+        flor._run._vid_ready.wait(60)  # (the code snapshot is not what this test fills the disk for)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, resource.RLIM_INFINITY))
+    model.weight.data += 1.0
+    flor.log("e", epoch)
+    time.sleep(0.05)  # an epoch's worth of time: the checkpoint writer keeps up
+print("END", flush=True)
+"""
+
+
+def test_a_checkpoint_the_disk_cannot_hold_is_skipped_and_training_goes_on(tmp_path):
+    repo = make_repo(tmp_path)
+    (repo / "full.py").write_text(DISK_FULL_FOR_CHECKPOINTS)
+    store = tmp_path / "store"
+    env = {**os.environ, "FLOR_STORE": str(store), "FLOR_EPSILON": "1000"}
+    proc = subprocess.run([sys.executable, "full.py", "--flor", "full"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "END" in proc.stdout, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if "checkpoint not written" in ln][:1] == [
+        ln for ln in proc.stderr.splitlines() if "checkpoint" in ln]  # said once, in one line
+    meta = json.loads(next((store / "runs").glob("*/full.json")).read_text())
+    assert meta["status"] == "completed"
+    assert [c["iter"] for c in meta["checkpoints"]] == [0, 1, 2]  # the ones written before the disk filled
+    assert not list((store / "checkpoints").rglob("*.tmp-*"))  # no half-written file left behind
