@@ -216,7 +216,7 @@ class Pacer:
     only makes a resume start from the checkpoint before, which is as correct and slightly longer.
     """
 
-    def __init__(self, min_interval: float = 5.0, share: float = 0.02) -> None:
+    def __init__(self, min_interval: float = 5.0, share: float = 0.005) -> None:
         self.min_interval, self.share = min_interval, share
         self.last_at: float | None = None
         self.cost = 0.0

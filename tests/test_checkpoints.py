@@ -113,8 +113,8 @@ def test_policy_keeps_checkpoint_cost_under_epsilon_and_saves_the_last_iteration
     assert cost <= train * epsilon() + first_and_last
 
 
-def test_default_budget_leaves_room_for_the_two_percent_promise():
-    assert epsilon() <= 0.015 and epsilon() > 0  # FlorDB's 1/15 alone would spend 6.7% of training
+def test_default_budget_is_below_flordbs():
+    assert 0 < epsilon() < 1 / 15  # FlorDB's 1/15 alone would spend 6.7% of training
 
 
 def test_policy_does_not_let_a_slow_first_checkpoint_skip_the_next_ones():
