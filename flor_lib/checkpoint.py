@@ -102,15 +102,10 @@ def capture(objs: list, frame_vars: dict) -> dict:
     }
 
 
-def snapshot(objs: list, frame_vars: dict) -> bytes | dict:
-    """The checkpoint, taken on the training thread: its bytes (one copy of the live state, no pickling),
-    or, for state the format cannot hold, a deep CPU copy that serialize() pickles later."""
-    parts = snapshot_parts(objs, frame_vars)
-    return b"".join(parts) if isinstance(parts, list) else parts
-
-
 def snapshot_parts(objs: list, frame_vars: dict) -> list | dict:
-    """Like snapshot, but flor's format as buffers that view the live tensors: write (or join) them at once."""
+    """The checkpoint, taken on the training thread: flor's format as buffers that view the live tensors
+    (write or join them before training goes on; no pickling), or, for state the format cannot hold, a
+    deep CPU copy that serialize() pickles later."""
     tree = {"objects": [o.state_dict() if hasattr(o, "state_dict") else o for o in objs],
             "rng": rng_state(), "vars": frame_vars}
     try:
