@@ -252,13 +252,18 @@ def test_a_run_in_segments_and_a_failed_then_resumed_run_equal_a_whole_run(tmp_p
     assert _losses(store, "seg") == _losses(store, "whole")
 
 
-def test_checkpoints_written_without_fsync_are_made_durable_when_listed(tmp_path):
+def test_checkpoints_written_without_fsync_are_made_durable_when_listed(tmp_path, monkeypatch):
     from flor_lib.store import Store
 
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
     store = Store(str(tmp_path / "store"))
     path = f"{store.checkpoint_dir('p', 'r')}/i000001.pt"
     store.write_bytes(path, b"state", durable=False)
+    assert synced == []  # the write itself does not wait for the disk
     store.make_durable([path, f"{store.checkpoint_dir('p', 'r')}/gone.pt"])  # a missing file is skipped
+    assert synced == [path, str(Path(path).parent)]  # the file, then its directory (the rename)
     assert Path(path).read_bytes() == b"state"
     assert not list(Path(path).parent.glob("*.tmp-*"))
 
@@ -288,8 +293,8 @@ def test_a_checkpoint_the_disk_cannot_hold_is_skipped_and_training_goes_on(tmp_p
     proc = subprocess.run([sys.executable, "full.py", "--flor", "full"], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "END" in proc.stdout, proc.stderr
-    assert [ln for ln in proc.stderr.splitlines() if "checkpoint not written" in ln][:1] == [
-        ln for ln in proc.stderr.splitlines() if "checkpoint" in ln]  # said once, in one line
+    warned = [ln for ln in proc.stderr.splitlines() if "checkpoint" in ln]
+    assert len(warned) == 1 and "checkpoint not written" in warned[0], proc.stderr  # said once, in one line
     meta = json.loads(next((store / "runs").glob("*/full.json")).read_text())
     assert meta["status"] == "completed"
     assert [c["iter"] for c in meta["checkpoints"]] == [0, 1, 2]  # the ones written before the disk filled
