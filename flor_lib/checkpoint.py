@@ -60,12 +60,17 @@ def _from_cpu(tree):
     return tree
 
 
+_python_words: tuple = ((), None)  # the last state of Python's RNG seen, and its tensor (never written to)
+
+
 def rng_state() -> dict:
     """Every RNG state that replay needs to reproduce shuffling and dropout."""
     torch = _torch()
     version, words, gauss = random.getstate()  # 625 ints: one small tensor, not 625 JSON numbers
-    words = torch.frombuffer(array("Q", words), dtype=torch.int64)  # 4x cheaper than torch.tensor(list)
-    state = {"python": [version, words, gauss], "torch": torch.get_rng_state()}
+    global _python_words
+    if words != _python_words[0]:  # a script that never draws from random keeps one tensor for all checkpoints
+        _python_words = (words, torch.frombuffer(array("Q", words), dtype=torch.int64))
+    state = {"python": [version, _python_words[1], gauss], "torch": torch.get_rng_state()}
     try:
         import numpy as np
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
+
+_HAS_WRITEV = hasattr(os, "writev")  # not on Windows
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+_TMP_PREFIX = uuid.uuid4().hex[:8]  # with the pid: a reused pid on another host sharing the folder differs
+_tmp_ids = itertools.count()
 
 
 def root_path(url: str) -> str | None:
@@ -29,17 +35,16 @@ def listing(prefix: str) -> dict[str, dict]:
 
 
 def write_atomic(path: str, data: bytes | list, durable: bool = True) -> None:
-    """Write a file (bytes, or a list of buffers written in turn) whole or not at all: temp file + rename;
-    fsync it first when durable."""
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    """Write a file (bytes, or a list of buffers gathered in one writev) whole or not at all: temp file +
+    rename; fsync it first when durable."""
+    tmp = f"{path}.tmp-{_TMP_PREFIX}{os.getpid()}-{next(_tmp_ids)}"  # unique per process and call; no urandom
     try:
-        for part in data if isinstance(data, list) else [data]:
-            view = memoryview(part).cast("B")  # straight from the buffer (a tensor's bytes) to the file
-            while view:
-                view = view[os.write(fd, view):]
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    except FileNotFoundError:  # the folder is new (checked only then: makedirs costs a checkpoint 0.1 ms)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        _write_all(fd, data if isinstance(data, list) else [data])
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -48,6 +53,21 @@ def write_atomic(path: str, data: bytes | list, durable: bool = True) -> None:
         raise
     os.close(fd)
     os.replace(tmp, path)
+
+
+def _write_all(fd: int, parts: list) -> None:
+    """Write buffers back to back, straight from their memory (a tensor's bytes), in as few syscalls as the
+    kernel allows: a checkpoint is ~40 buffers, and 40 write calls cost the training thread 0.5 ms."""
+    views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
+    i = 0
+    while i < len(views):
+        batch = views[i: i + _IOV_MAX]
+        written = os.writev(fd, batch) if _HAS_WRITEV else os.write(fd, batch[0])
+        while i < len(views) and written >= views[i].nbytes:  # skip what went out whole
+            written -= views[i].nbytes
+            i += 1
+        if written:  # a short write stopped inside this buffer: the rest of it goes next
+            views[i] = views[i][written:]
 
 
 def fsync_paths(paths: list[str]) -> None:

@@ -110,3 +110,17 @@ def test_a_snapshot_of_other_objects_is_a_deep_copy_pickled_later():
     state = ckpt.snapshot_parts([{"w": [1, 2]}], {"ratio": Fraction(1, 3)})
     assert isinstance(state, dict)
     assert ckpt.load(ckpt.serialize(state), unsafe=True)["vars"]["ratio"] == Fraction(1, 3)
+
+
+def test_each_checkpoint_holds_the_python_rng_state_of_its_moment_even_when_unchanged_between_two():
+    first = ckpt.rng_state()
+    same = ckpt.rng_state()  # nothing drawn in between: the same state (one tensor is enough)
+    random.random()
+    moved = ckpt.rng_state()
+    expected = random.random()
+    for state in (first, same):
+        ckpt.set_rng_state(state)
+        random.random()
+        assert random.random() == expected
+    ckpt.set_rng_state(moved)
+    assert random.random() == expected

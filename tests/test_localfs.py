@@ -46,3 +46,25 @@ def test_atomic_writes_replace_whole_files_and_leave_no_temp_files(tmp_path):
     fsync_paths([str(target), str(tmp_path / "missing.bin")])
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["x.bin"]
+
+
+def test_a_checkpoint_of_many_buffers_lands_whole_through_short_and_batched_writes(tmp_path, monkeypatch):
+    import os
+
+    import numpy as np
+
+    from flor_lib import localfs
+
+    calls = []
+
+    def short_writev(fd, buffers):  # the kernel may take less than asked, even mid-buffer
+        calls.append(len(buffers))
+        return os.write(fd, b"".join(bytes(b) for b in buffers)[:777])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    monkeypatch.setattr(localfs, "_IOV_MAX", 5)  # more buffers than one call may carry
+    parts = [b"head", b"", np.arange(1000, dtype=np.float32), bytearray(b"x" * 3000), memoryview(b"tail")] * 3
+    target = tmp_path / "ckpt" / "i000001.pt"
+    localfs.write_atomic(str(target), parts, durable=False)
+    assert target.read_bytes() == b"".join(bytes(memoryview(p).cast("B")) for p in parts)
+    assert max(calls) == 5 and len(calls) > 3
