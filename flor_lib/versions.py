@@ -63,24 +63,37 @@ def locate(script: Path) -> Project:
                    relpath=str(script.relative_to(root)), branch=branch, warnings=warnings)
 
 
+class GitFailed(RuntimeError):
+    """A git command of the snapshot failed."""
+
+
+def _git(root: Path, *args: str, env: dict | None = None, check: bool = True) -> str:
+    """Run git in root and return its output without the last newline (as GitPython's repo.git does)."""
+    out = versions_cache.run_git(root, list(args), env or {})
+    if check and out.returncode != 0:
+        err = out.stderr.decode("utf-8", "replace").strip().splitlines() or [f"exit {out.returncode}"]
+        raise GitFailed(f"git {args[0]}: {err[-1]}")
+    text = out.stdout.decode("utf-8", "surrogateescape")
+    return text[:-1] if text.endswith("\n") else text
+
+
 def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[str, list[str]]:
     """Commit the working tree (tracked + untracked, not ignored) to the shadow branch; return (vid, skipped).
 
     Uses a private index file, so the user's HEAD, branch, index and files stay as they were.
     Files over max_bytes are left out (and never hashed into the object store). Identical trees
     reuse an earlier snapshot's commit. An unchanged working tree (see versions_cache) reuses the last
-    snapshot without running git at all.
+    snapshot without running git at all; a changed one runs git's plumbing directly (importing GitPython
+    would cost every code change 0.1 s of CPU for a wrapper around the same commands).
     """
     max_bytes = config.max_snapshot_bytes() if max_bytes is None else max_bytes
     shadow = config.shadow_branch()
     cached = versions_cache.lookup(root, max_bytes, shadow)
     if cached is not None:
         return cached
-    import git
-
     since_ns = time.time_ns()  # before anything is listed: a file touched after this is not cached
-    repo = git.Repo(root)
-    gitdir = Path(repo.git_dir)
+    gitdir, top = _git(Path(root), "rev-parse", "--absolute-git-dir", "--show-toplevel").splitlines()
+    gitdir, top = Path(gitdir), Path(top)
     ref = f"refs/heads/{shadow}"
     fd, index = tempfile.mkstemp(prefix="flor-index-", dir=gitdir)
     os.close(fd)
@@ -91,9 +104,7 @@ def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[st
         else:
             os.unlink(index)
         env = {"GIT_INDEX_FILE": index}
-        g = repo.git
-        top = Path(repo.working_tree_dir)
-        skipped, tracked, empty_repos, paths = _large_files(g, top, env, max_bytes)
+        skipped, tracked, empty_repos, paths = _large_files(top, env, max_bytes)
         # stats before `git add`: an edit after them shows as a changed stat next time (a miss, not a
         # stale hit); nested repositories without a commit are warned about every time, so never cached
         fp = None if empty_repos else versions_cache.fingerprint(top, paths, env, since_ns)
@@ -102,13 +113,13 @@ def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[st
                  + ", ".join(empty_repos[:5]) + (" ..." if len(empty_repos) > 5 else ""))
         # pathspecs from a file: "." plus an exclusion per left-out path (no argv length limit)
         _write_specs(specs, [".", *(f":(exclude,literal){p}" for p in [*skipped, *empty_repos])])
-        g.add("-A", f"--pathspec-from-file={specs}", "--pathspec-file-nul", env=env)
+        _git(top, "add", "-A", f"--pathspec-from-file={specs}", "--pathspec-file-nul", env=env)
         if tracked:  # tracked large files are still in the copied index: drop them from the tree
             _write_specs(specs, [f":(literal){p}" for p in tracked])
-            g.rm("--cached", "-q", "--ignore-unmatch", f"--pathspec-from-file={specs}", "--pathspec-file-nul",
-                 env=env)
-        tree = g.write_tree(env=env)
-        vid, tip = _commit(repo, ref, tree, message)
+            _git(top, "rm", "--cached", "-q", "--ignore-unmatch", f"--pathspec-from-file={specs}",
+                 "--pathspec-file-nul", env=env)
+        tree = _git(top, "write-tree", env=env)
+        vid, tip = _commit(top, ref, tree, message)
         if fp is not None:
             versions_cache.save(top, fp, max_bytes=max_bytes, shadow=shadow, vid=vid, tip=tip, skipped=skipped)
         return vid, skipped
@@ -123,12 +134,11 @@ def _write_specs(path: str, specs: list[str]) -> None:
         f.write(b"".join(s.encode("utf-8", "surrogateescape") + b"\0" for s in specs))
 
 
-def _large_files(g, root: Path, env: dict,
-                 max_bytes: int) -> tuple[list[str], list[str], list[str], list[str]]:
+def _large_files(root: Path, env: dict, max_bytes: int) -> tuple[list[str], list[str], list[str], list[str]]:
     """Files (tracked, or untracked and not ignored) larger than max_bytes, which of them are tracked,
     untracked nested git repositories without a commit (which `git add` refuses), and every listed path."""
-    tracked = [p for p in g.ls_files("-z", "--cached", env=env).split("\0") if p]
-    others = [p for p in g.ls_files("-z", "--others", "--exclude-standard", env=env).split("\0") if p]
+    tracked = [p for p in _git(root, "ls-files", "-z", "--cached", env=env).split("\0") if p]
+    others = [p for p in _git(root, "ls-files", "-z", "--others", "--exclude-standard", env=env).split("\0") if p]
     paths = list(dict.fromkeys(tracked + others))
     large, empty_repos = [], []
     for path in paths:
@@ -147,58 +157,38 @@ def _large_files(g, root: Path, env: dict,
 
 
 def _has_commit(path: Path) -> bool:
-    import git
-
-    try:
-        return git.Repo(path).head.is_valid()
-    except Exception:
-        return False
+    return versions_cache.run_git(path, ["rev-parse", "--verify", "-q", "HEAD"], {}).returncode == 0
 
 
-def _commit(repo, ref: str, tree: str, message: str) -> tuple[str, str]:
+def _commit(root: Path, ref: str, tree: str, message: str) -> tuple[str, str]:
     """(commit, the ref's tip it was found under or became): reuses a recent commit of the same tree."""
-    import git
-
-    g = repo.git
     for attempt in range(50):
-        try:
-            tip = g.rev_parse("--verify", "-q", ref)
-        except git.GitCommandError:
-            tip = ""
+        tip = _git(root, "rev-parse", "--verify", "-q", ref, check=False)
         if tip:
-            for line in g.log("--format=%H %T", "-n", "64", tip).splitlines():
+            for line in _git(root, "log", "--format=%H %T", "-n", "64", tip).splitlines():
                 commit, commit_tree = line.split()
                 if commit_tree == tree:
                     return commit, tip
         parents = ["-p", tip] if tip else []
-        try:
-            head = g.rev_parse("--verify", "-q", "HEAD")
-            if head and head != tip:
-                parents += ["-p", head]
-        except git.GitCommandError:
-            pass
-        commit = g.commit_tree("--no-gpg-sign", tree, *parents, "-m", message, env=_identity(repo))
-        try:
-            # compare-and-swap: fails if another run moved the branch since we read it
-            g.update_ref(ref, commit, tip or "0" * 40)
+        head = _git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
+        if head and head != tip:
+            parents += ["-p", head]
+        commit = _git(root, "commit-tree", "--no-gpg-sign", tree, *parents, "-m", message, env=_identity(root))
+        # compare-and-swap: fails if another run moved the branch since we read it
+        if versions_cache.run_git(root, ["update-ref", ref, commit, tip or "0" * 40], {}).returncode == 0:
             return commit, commit
-        except git.GitCommandError:
-            time.sleep(0.01 * (attempt + 1))
+        time.sleep(0.01 * (attempt + 1))
     raise FlorError(f"could not update {ref} after 50 tries: another process keeps moving it")
 
 
 _FALLBACK_IDENTITY = {"name": "flor", "email": "flor@localhost"}
 
 
-def _identity(repo) -> dict[str, str]:
+def _identity(root: Path) -> dict[str, str]:
     """Environment for commit-tree: the user's identity, or flor's where git has none configured."""
-    import git
-
     env = {}
     for role in ("AUTHOR", "COMMITTER"):
-        try:
-            repo.git.var(f"GIT_{role}_IDENT")
-        except git.GitCommandError:
+        if versions_cache.run_git(root, ["var", f"GIT_{role}_IDENT"], {}).returncode != 0:
             for part, value in _FALLBACK_IDENTITY.items():
                 env.setdefault(f"GIT_{role}_{part.upper()}", os.environ.get(f"GIT_{role}_{part.upper()}") or value)
     return env

@@ -19,9 +19,10 @@ import re
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
-VERSION = 1
+VERSION = 2  # 2: the names in each scanned directory
 MAX_ENTRIES = 20_000  # more files (or directories) than this: stat-checking costs too much, don't cache
 RACY_NS = 2_000_000_000  # mtimes this close to the snapshot's start could hide a same-tick edit
 # set by the user, these change which repository/index/objects git uses: always the slow path
@@ -116,7 +117,8 @@ def _env() -> dict[str, str]:
             or (k.startswith("GIT_") and not k.startswith(("GIT_AUTHOR_", "GIT_COMMITTER_")))}
 
 
-def _git(root: Path, args: list[str], env: dict, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def run_git(root: Path, args: list[str], env: dict, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run git in root (GIT_PYTHON_GIT_EXECUTABLE, as GitPython would) with env added; output as bytes."""
     exe = os.environ.get("GIT_PYTHON_GIT_EXECUTABLE") or "git"
     return subprocess.run([exe, *args], cwd=root, env={**os.environ, **env}, input=stdin, capture_output=True)
 
@@ -127,7 +129,7 @@ def _split(out: bytes) -> list[str]:
 
 def _ignored_dirs(root: Path, env: dict) -> set[str] | None:
     """Directories git does not descend into for untracked files (each matches an ignore rule)."""
-    out = _git(root, ["ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory"], env)
+    out = run_git(root, ["ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory"], env)
     if out.returncode != 0:
         return None
     listed = _split(out.stdout)
@@ -139,7 +141,7 @@ def _ignored_dirs(root: Path, env: dict) -> set[str] | None:
     if not candidates:
         return set()
     # and confirm each is ignored itself: pruning a directory git scans would hide new files in it
-    out = _git(root, ["check-ignore", "-z", "--stdin"], env, stdin=b"".join(
+    out = run_git(root, ["check-ignore", "-z", "--stdin"], env, stdin=b"".join(
         c.encode("utf-8", "surrogateescape") + b"\0" for c in candidates))
     return set(_split(out.stdout)) if out.returncode in (0, 1) else None
 
@@ -154,7 +156,7 @@ def _config_files(root: Path, env: dict) -> list[str] | None:
              xdg / "attributes", Path("/etc/gitconfig")]
     if os.environ.get("GIT_CONFIG_GLOBAL"):
         files.append(Path(os.environ["GIT_CONFIG_GLOBAL"]))
-    out = _git(root, ["config", "-z", "--list", "--show-origin"], env)
+    out = run_git(root, ["config", "-z", "--list", "--show-origin"], env)
     if out.returncode not in (0, 1):
         return None
     items = _split(out.stdout)
@@ -172,8 +174,8 @@ def _config_files(root: Path, env: dict) -> list[str] | None:
     return list(dict.fromkeys(os.path.abspath(f) for f in files))
 
 
-def _walk(root: Path, pruned: set[str], files: dict, dirs: dict) -> bool:
-    """Stat every directory git scans for untracked files; False if the tree is unsuitable for caching."""
+def _walk(root: Path, pruned: set[str], files: dict, dirs: dict, names: dict) -> bool:
+    """Stat (and list) every directory git scans for untracked files; False if the tree is unsuitable."""
     stack = [""]
     while stack:
         rel = stack.pop()
@@ -184,6 +186,7 @@ def _walk(root: Path, pruned: set[str], files: dict, dirs: dict) -> bool:
             entries = list(os.scandir(root / rel))
         except OSError:
             return False
+        names[rel] = sorted(e.name for e in entries)
         for e in entries:
             sub = f"{rel}/{e.name}" if rel else e.name
             if e.name == ".git":
@@ -226,13 +229,14 @@ def _fingerprint(root: Path, paths: list[str], env: dict, since_ns: int) -> dict
     if head is None or pruned is None or extra is None:
         return None
     dirs: dict[str, list[int] | None] = {}
-    if not _walk(root, pruned, files, dirs):
+    names: dict[str, list[str]] = {}
+    if not _walk(root, pruned, files, dirs, names):
         return None
     extras = {p: _stat(p) for p in extra}
     if racy([*files.values(), *dirs.values(), *extras.values()]):
         return None
     return {"version": VERSION, "env": _env(), "head": head.decode("utf-8", "surrogateescape"),
-            "files": files, "dirs": dirs, "extra": extras}
+            "files": files, "dirs": dirs, "names": names, "extra": extras}
 
 
 def _cache_path(root: Path) -> Path:
@@ -248,7 +252,11 @@ def save(root: Path, fp: dict, *, max_bytes: int, shadow: str, vid: str, tip: st
     """Record a slow-path snapshot's fingerprint and result; skipped if the shadow ref is not loose at tip."""
     if _loose_ref(root, shadow) != tip:  # packed, or moved by another run since: can't vouch for it
         return
-    entry = {**fp, "max_bytes": max_bytes, "shadow": shadow, "tip": tip, "vid": vid, "skipped": skipped}
+    _write_entry(root, {**fp, "max_bytes": max_bytes, "shadow": shadow, "tip": tip, "vid": vid,
+                        "skipped": skipped})
+
+
+def _write_entry(root: Path, entry: dict) -> None:
     path = _cache_path(root)
     try:
         path.parent.mkdir(exist_ok=True)
@@ -262,6 +270,32 @@ def save(root: Path, fp: dict, *, max_bytes: int, shadow: str, vid: str, tip: st
             raise
     except (OSError, ValueError, TypeError):
         pass  # the cache is only an optimization
+
+
+def _only_ignored_added(root: Path, entry: dict, changed: list[str]) -> bool:
+    """Whether folders that changed only gained or lost entries git ignores (a script's outputs: model.pth,
+    logs). Then the snapshot stands; the cache learns the folders' new state unless they changed just now."""
+    stats = {d: _stat(root / d) for d in changed}  # before listing: an entry added after shows next time
+    added, now = [], {}
+    for d in changed:
+        try:
+            listed = sorted(e.name for e in os.scandir(root / d))
+        except OSError:
+            return False
+        now[d] = listed
+        # a lost entry that mattered is seen already: a snapshotted file or a scanned folder has a changed stat
+        added += [f"{d}/{n}" if d else n for n in sorted(set(listed) - set(entry["names"][d]))]
+    if any(a.rsplit("/", 1)[-1] in (".git", ".gitignore", ".gitattributes") for a in added):
+        return False
+    if added:
+        out = run_git(root, ["check-ignore", "-z", "--stdin"], {}, stdin=b"".join(
+            a.encode("utf-8", "surrogateescape") + b"\0" for a in added))
+        if out.returncode not in (0, 1) or set(_split(out.stdout)) != set(added):
+            return False
+    settled = time.time_ns() - RACY_NS
+    if all(s is not None and s[2] < settled for s in stats.values()):  # else a same-tick change could hide
+        _write_entry(root, {**entry, "dirs": {**entry["dirs"], **stats}, "names": {**entry["names"], **now}})
+    return True
 
 
 def lookup(root: Path, max_bytes: int, shadow: str) -> tuple[str, list[str]] | None:
@@ -278,10 +312,13 @@ def lookup(root: Path, max_bytes: int, shadow: str) -> tuple[str, list[str]] | N
         head = _read(root / ".git" / "HEAD")
         if head is None or head.decode("utf-8", "surrogateescape") != entry["head"]:
             return None
-        for group, base in (("extra", None), ("dirs", root), ("files", root)):
+        for group, base in (("extra", None), ("files", root)):
             for p, recorded in entry[group].items():
                 if _stat(base / p if base else p) != recorded:
                     return None
+        changed = [d for d, recorded in entry["dirs"].items() if _stat(root / d) != recorded]
+        if changed and not _only_ignored_added(root, entry, changed):
+            return None
         vid, skipped = entry["vid"], entry["skipped"]
         if not (isinstance(vid, str) and _SHA.fullmatch(vid) and isinstance(skipped, list)):
             return None

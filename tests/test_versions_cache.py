@@ -80,8 +80,8 @@ def project(repo, git):
     return repo, vid
 
 
-def test_second_run_of_an_unchanged_tree_needs_neither_gitpython_nor_git(repo, git, write_script, run_script,
-                                                                         run_meta, tmp_path):
+def test_second_run_of_an_unchanged_tree_runs_no_git_and_no_run_imports_gitpython(
+        repo, git, write_script, run_script, run_meta, tmp_path):
     write_script(repo, "spy.py", SPY, commit=True)
     age(repo)
     reports = []
@@ -91,8 +91,8 @@ def test_second_run_of_an_unchanged_tree_needs_neither_gitpython_nor_git(repo, g
         reports.append(json.loads(report.read_text()))
     first, second = reports
     git_runs = [cmd for cmd in first["spawned"] if os.path.basename(cmd[0]) == "git"]
-    assert first["gitpython"] and git_runs  # the first run took the slow path ...
-    assert not second["gitpython"], "the second run imported GitPython"
+    assert git_runs  # the first run took the slow path (git's plumbing, GitPython not even imported) ...
+    assert not first["gitpython"] and not second["gitpython"], "a run imported GitPython"
     assert not [cmd for cmd in second["spawned"] if os.path.basename(cmd[0]) == "git"]
     vid = run_meta("first")["vid"]  # ... and the second reused its vid
     assert vid and run_meta("second")["vid"] == vid
@@ -139,6 +139,8 @@ CHANGES = {
     "chmod +x": lambda repo, git: (repo / "train.py").chmod(0o755),
     "un-ignore an ignored file": _ungitignore,
     "edit .git/info/exclude": _exclude_note,
+    "an ignored output beside a new source file": lambda repo, git: (
+        (repo / "model.pt").write_bytes(b"m"), (repo / "sub" / "c.py").write_text("c\n")),
 }
 
 
@@ -152,6 +154,41 @@ def test_a_change_makes_the_next_snapshot_take_the_slow_path(project, git, chang
     assert git(repo, "rev-parse", f"{new}^{{tree}}") == worktree_tree(repo, git)
     age(repo)  # once the change is no longer racy, the new state is cached in turn
     assert versions.snapshot(repo, "third") == (new, []) and cached(repo) == (new, [])
+
+
+def test_outputs_a_script_leaves_beside_its_code_keep_the_cache(project, git, monkeypatch):
+    repo, vid = project
+    (repo / "model.pt").write_bytes(b"weights")  # a new ignored file in the root
+    (repo / "sub" / "out.pt").write_bytes(b"more")  # ... in a subdirectory
+    (repo / "__pycache__").mkdir()  # a new ignored directory
+    (repo / "__pycache__" / "x.pyc").write_bytes(b"pyc")
+    tmp = repo / "data" / "weights.pt.tmp"  # an ignored file replaced by rename, as atomic saves do
+    tmp.write_bytes(b"w" * 50)
+    tmp.rename(repo / "data" / "weights.pt")
+    (repo / "ignored" / "scratch.txt").unlink()  # and one removed
+    assert cached(repo) == (vid, [])
+    assert git(repo, "rev-parse", f"{vid}^{{tree}}") == worktree_tree(repo, git)
+    past = time.time_ns() - 3600 * 10**9
+    for d in ("", "sub", "data", "ignored"):  # settled: the cache learns the folders' new state ...
+        os.utime(repo / d, ns=(past, past))
+    assert cached(repo) == (vid, [])  # ... and asks git no more
+    calls = []
+    monkeypatch.setattr(versions_cache, "run_git", lambda *a, **k: calls.append(a) or pytest.fail("git ran"))
+    assert cached(repo) == (vid, []) and calls == []
+    monkeypatch.undo()
+    (repo / "sub" / "late.py").write_text("late\n")  # a source file after that still misses
+    assert cached(repo) is None
+
+
+def test_a_new_gitignore_that_ignores_itself_still_misses(project, git):
+    repo, _ = project
+    (repo / "sub" / "n.txt").write_text("untracked\n")
+    age(repo)
+    vid, _ = versions.snapshot(repo, "with n.txt")
+    (repo / "sub" / ".gitignore").write_text("n.txt\n.gitignore\n")  # ignored itself, and n.txt too
+    assert cached(repo) is None
+    new, _ = versions.snapshot(repo, "without n.txt")
+    assert new != vid and git(repo, "rev-parse", f"{new}^{{tree}}") == worktree_tree(repo, git)
 
 
 def test_a_file_growing_past_the_size_limit(project, git):
