@@ -44,7 +44,7 @@ def write_atomic(path: str, data: bytes | list, durable: bool = True) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        _write_all(fd, data if isinstance(data, list) else [data])
+        write_all(fd, data if isinstance(data, list) else [data])
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -55,10 +55,12 @@ def write_atomic(path: str, data: bytes | list, durable: bool = True) -> None:
     os.replace(tmp, path)
 
 
-def _write_all(fd: int, parts: list) -> None:
+def write_all(fd: int, parts: list) -> int:
     """Write buffers back to back, straight from their memory (a tensor's bytes), in as few syscalls as the
-    kernel allows: a checkpoint is ~40 buffers, and 40 write calls cost the training thread 0.5 ms."""
+    kernel allows (a checkpoint is ~40 buffers: 40 write calls cost the training thread 0.5 ms); return
+    the bytes written."""
     views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
+    total = sum(v.nbytes for v in views)
     i = 0
     while i < len(views):
         batch = views[i: i + _IOV_MAX]
@@ -68,6 +70,7 @@ def _write_all(fd: int, parts: list) -> None:
             i += 1
         if written:  # a short write stopped inside this buffer: the rest of it goes next
             views[i] = views[i][written:]
+    return total
 
 
 def fsync_paths(paths: list[str]) -> None:

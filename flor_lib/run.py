@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flor_lib import args as cli
 from flor_lib import checkpoint as ckpt
-from flor_lib import config, framevars, values, versions
+from flor_lib import ckpt_files, config, framevars, values, versions
 from flor_lib.buffer import RecordBuffer, RecordsNotWritten
 from flor_lib.cost import Cost
 from flor_lib.errors import warn
@@ -101,6 +101,7 @@ class Run(Checkpoints, Lifecycle):
         self.policy = ckpt.Policy(config.epsilon())
         self._meta_pacer = ckpt.Pacer()  # metadata lists checkpoints in batches: see Pacer
         self._unlisted: list[dict] = []  # written, but records before them may not be durable yet
+        self._pack: ckpt_files.Pack | None = None  # this attempt's small checkpoints, opened at the first
         self.writer = ckpt.Writer(self._write_checkpoint)
         self.meta.setdefault("attempts", []).append(
             {"attempt": self.attempt, "start_seq": first_seq, "pid": os.getpid(), "host": socket.gethostname(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from flor_lib import checkpoint as ckpt
-from flor_lib import framevars
+from flor_lib import ckpt_files, framevars
 from flor_lib.errors import FlorError
 
 INLINE_BYTES = 8 << 20  # up to this size the training thread writes a checkpoint itself (~5 ms at most)
@@ -30,15 +30,17 @@ class Checkpoints:
         if isinstance(state, list):  # flor's format, viewing the live tensors: write or copy them now
             size = sum(memoryview(p).nbytes for p in state)
             if size <= INLINE_BYTES and self.store.is_local and not self.store.offline and self.writer.idle():
-                # small state on a local disk: one copy, straight into the page cache, cheaper than a copy
-                # handed to the writer thread (which then competes with training for the cores)
+                # small state on a local disk: appended to the attempt's pack from the tensors' memory, one
+                # copy, cheaper than a copy handed to the writer thread (which competes for the cores)
+                if self._pack is None:
+                    self._pack = ckpt_files.Pack(
+                        f"{self.store.checkpoint_dir(self.projid, self.runid)}/{ckpt_files.pack_name(self.attempt)}")
                 try:
-                    self.store.write_bytes(self._checkpoint_path(index), state, durable=False)
+                    state = self._pack.append(state)
                 except OSError as exc:  # a full disk: training goes on, the next checkpoint tries again
                     self.writer.failed(exc)
                     self.skipped_checkpoints += 1
                     return
-                state = size
             else:
                 state = b"".join(state)
         seq = self.buffer.next_seq
@@ -47,23 +49,23 @@ class Checkpoints:
         if not self.writer.submit(index, state, seq, copy_s, last):  # the last one is never skipped
             self.skipped_checkpoints += 1
 
-    def _checkpoint_path(self, index: int) -> str:
-        return f"{self.store.checkpoint_dir(self.projid, self.runid)}/i{index:06d}.pt"
-
-    def _write_checkpoint(self, index: int, state: bytes | dict | int, seq: int, copy_s: float,
+    def _write_checkpoint(self, index: int, state: bytes | dict | tuple, seq: int, copy_s: float,
                           last: bool) -> None:
-        """Write a checkpoint (an int: already written, of that size), then list it in due time."""
+        """Write a checkpoint (a tuple: already packed at (offset, size)), then list it in due time."""
         t0, cpu0 = time.perf_counter(), time.thread_time()
-        path = self._checkpoint_path(index)
-        if isinstance(state, int):
-            size = state
+        if isinstance(state, tuple):
+            where = {"path": ckpt_files.pack_name(self.attempt), "offset": state[0]}
+            size = state[1]
         else:
             data = state if isinstance(state, bytes) else ckpt.serialize(state)
-            self.store.write_bytes(path, data, durable=False)  # fsynced in a batch when listed: _adopt_unlisted
+            where = {"path": ckpt_files.file_name(index)}
+            # fsynced in a batch when listed: _adopt_unlisted
+            self.store.write_bytes(f"{self.store.checkpoint_dir(self.projid, self.runid)}/{where['path']}",
+                                   data, durable=False)
             size = len(data)
         save_cpu = time.thread_time() - cpu0
         self._unlisted.append(
-            {"iter": index, "path": path.rsplit("/", 1)[-1], "bytes": size, "seq": seq,
+            {"iter": index, **where, "bytes": size, "seq": seq,
              "copy_s": round(copy_s, 6), "save_s": round(time.perf_counter() - t0, 6),
              "save_cpu_s": round(save_cpu, 6), "attempt": self.attempt})
         # what training pays for this checkpoint: its own copy, and the CPU this thread takes from it (not
@@ -84,13 +86,12 @@ class Checkpoints:
         """Move written checkpoints into the listed ones (a rewritten iteration replaces its old entry)."""
         new, self._unlisted = self._unlisted, []
         folder = self.store.checkpoint_dir(self.projid, self.runid)
-        self.store.make_durable([f"{folder}/{c['path']}" for c in new])  # listed means durable
+        self.store.make_durable(list(dict.fromkeys(f"{folder}/{c['path']}" for c in new)))  # listed = durable
         redone = {c["iter"] for c in new}
         self.checkpoints = [c for c in self.checkpoints if c["iter"] not in redone] + new
 
     def _read_checkpoint(self, entry: dict) -> bytes:
-        path = f"{self.store.checkpoint_dir(self.projid, self.runid)}/{entry['path']}"
         try:
-            return self.store.fetch_cached(path, version=f"{entry['attempt']}-{entry['seq']}-{entry['bytes']}")
+            return ckpt_files.read(self.store, self.projid, self.runid, entry)
         except FileNotFoundError as exc:
             raise FlorError(f"checkpoint {entry['path']} of run {self.runid} is missing") from exc

@@ -110,6 +110,8 @@ class Lifecycle:
             self.lost, self.status = exc, "failed"
         if not self.lost:  # every record is durable now, so every written checkpoint can be listed
             self._adopt_unlisted()
+        if self._pack is not None:
+            self._pack.close()
         self._vid_ready.wait(60)
         if self.status == "running":
             self.status = "completed"

@@ -54,7 +54,7 @@ class Store:
     """One fsspec root holding records, run metadata and checkpoints.
 
     Layout: records/projid=P/*.parquet (compacted), runs/P/RUNID.json (metadata),
-    checkpoints/P/RUNID/*.pt, and a local spool live/P/RUNID/*.arrows for records being written
+    checkpoints/P/RUNID/{a<attempt>.pack,i<iter>.pt} (ckpt_files), and a local spool live/P/RUNID/*.arrows for records being written
     (on a remote root the spool is host-local and live/ holds uploaded copies of running streams).
     A remote store that fails goes offline for the rest of the process: writes land in a local
     outbox that `flor sync` (flor_lib.sync) uploads later.
@@ -226,12 +226,24 @@ class Store:
         """The callback a RecordBuffer uses to upload its stream, or None for a local store."""
         return self.upload_live if self.remote else None
 
-    def fetch_cached(self, path: str, version: str | None = None) -> bytes:
+    def fetch_cached(self, path: str, version: str | None = None, start: int | None = None,
+                     length: int = 0) -> bytes:
         """An object's bytes, downloaded at most once per host and version (checkpoints for replay/resume).
 
         version: any string naming the content (e.g. attempt-seq-bytes of a checkpoint entry); without
-        it one HEAD request reads the object's ETag.
+        it one HEAD request reads the object's ETag. start, length: only that range (a packed checkpoint).
         """
+        if start is not None:
+            if self.is_local:
+                with open(self._here(path), "rb") as f:
+                    return os.pread(f.fileno(), length, start)
+            target = self.cached_path(f"{path}@{start}", version)
+            if target.exists():
+                return target.read_bytes()
+            data = self.fs.cat_file(path, start=start, end=start + length)
+            if len(data) == length:  # an object cut short is not remembered as this version
+                self._keep(target, data)
+            return data
         if self.is_local:
             return Path(self._here(path)).read_bytes()
         size = None

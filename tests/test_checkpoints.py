@@ -53,6 +53,10 @@ def test_resume_after_sigkill_gives_the_records_of_an_uninterrupted_run(tmp_path
     assert meta["status"] == "completed" and len(meta["attempts"]) == 2
     assert meta["attempts"][1]["resumed_from"] is not None
     assert _losses(store, "killed") == _losses(store, "whole")
+    # small states: one pack per attempt, not a file per checkpoint
+    assert sorted(p.name for p in (store / "checkpoints" / meta["projid"] / "killed").iterdir()) == [
+        "a1.pack", "a2.pack"]
+    assert {c["path"] for c in meta["checkpoints"] if c["attempt"] == 2} == {"a2.pack"}
 
 
 def test_restoring_a_checkpoint_reproduces_later_losses_bit_for_bit(tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -140,9 +139,13 @@ def test_missing_checkpoint_falls_back_to_an_earlier_one(story):
 
     repo, store = story
     meta = Store().find_run("first")
-    os.remove(Path(store) / "checkpoints" / meta["projid"] / "first" / "i000001.pt")
+    listed = {c["iter"]: c for c in meta["checkpoints"]}
+    assert sorted(listed) == [0, 1, 2] and {c["path"] for c in listed.values()} == {"a1.pack"}
+    # the run's pack cut short inside iteration 2's checkpoint (a partial copy of the store)
+    with open(Path(store) / "checkpoints" / meta["projid"] / "first" / "a1.pack", "r+b") as pack:
+        pack.truncate(listed[2]["offset"] + listed[2]["bytes"] // 2)
     plan = plan_replay(["val_acc"], where="runid = 'first'")
-    assert any("iteration 1 missing" in n for n in plan.notes)
+    assert any("iteration 2 missing" in n for n in plan.notes)
     summary = replay(["val_acc"], where="runid = 'first'", progress=False)
     assert summary["status"][0] == "backfilled" and summary["executed_iters"][0] == 1
 

@@ -496,6 +496,25 @@ def test_fetch_cached_downloads_once_per_host(s3, proxy, tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "elsewhere")
 
 
+def test_a_local_store_copied_to_s3_replays_packed_checkpoints_one_range_each(s3, proxy):
+    """A pack (a local run's small checkpoints) on S3: each checkpoint is one ranged GET, then cached."""
+    from flor_lib import ckpt_files
+    from flor_lib.store import Store
+
+    store = Store()
+    store.write_bytes(store.path("checkpoints", "p", "r", "a1.pack"), b"first" + b"second!")
+    entries = [{"iter": 0, "path": "a1.pack", "offset": 0, "bytes": 5, "seq": 3, "attempt": 1},
+               {"iter": 1, "path": "a1.pack", "offset": 5, "bytes": 7, "seq": 6, "attempt": 1}]
+    proxy.reset()
+    assert [ckpt_files.read(store, "p", "r", e) for e in entries] == [b"first", b"second!"]
+    assert proxy.count("GET") == 2
+    proxy.reset()
+    assert ckpt_files.read(store, "p", "r", entries[1]) == b"second!" and proxy.count() == 0
+    cut = {**entries[1], "iter": 2, "offset": 10, "seq": 9}  # listed, but the pack ends before it
+    with pytest.raises(FileNotFoundError):
+        ckpt_files.read(store, "p", "r", cut)
+
+
 def _synthetic_run(store, projid: str, runid: str, records: int = 12) -> None:
     """One finished run written straight into the store: its metadata and its Parquet file."""
     from datetime import UTC, datetime

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from flor_lib import checkpoint as ckpt
-from flor_lib import framevars
+from flor_lib import ckpt_files, framevars
 from flor_lib.errors import FlorError
 from flor_lib.replay.segment import Segment
 from flor_lib.store import Store
@@ -139,9 +139,8 @@ class ReplayMode:
         entry = self._checkpoints.get(index)
         if entry is None:
             raise FlorError(f"run {self.seg.runid} has no checkpoint at iteration {index}")
-        path = f"{self.store.checkpoint_dir(self.seg.projid, self.seg.runid)}/{entry['path']}"
         try:
-            data = self.store.fetch_cached(path, version=f"{entry['attempt']}-{entry['seq']}-{entry['bytes']}")
+            data = ckpt_files.read(self.store, self.seg.projid, self.seg.runid, entry)
         except FileNotFoundError as exc:
             raise FlorError(f"checkpoint {entry['path']} of run {self.seg.runid} is missing: "
                             "replay again to fall back to an earlier one") from exc

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flor_lib import versions
+from flor_lib import ckpt_files, versions
 from flor_lib.errors import FlorError
 from flor_lib.replay.segment import Segment
 from flor_lib.replay.transplant import TransplantError, find_log_statements, transplant
@@ -179,15 +179,16 @@ def _with_existing_checkpoints(store: Store, meta: dict, plan: ReplayPlan) -> di
     if not listed:
         return meta
     try:
-        present = {p.rsplit("/", 1)[-1] for p in store.fs.ls(store.checkpoint_dir(meta["projid"], meta["runid"]),
-                                                             detail=False)}
+        files = {i["name"].rsplit("/", 1)[-1]: i.get("size") or 0
+                 for i in store.fs.ls(store.checkpoint_dir(meta["projid"], meta["runid"]), detail=True)}
     except FileNotFoundError:
-        present = set()
-    missing = [c["iter"] for c in listed if c["path"] not in present]
+        files = {}
+    kept = ckpt_files.present(listed, files)  # a file gone, or a pack cut short
+    missing = [c["iter"] for c in listed if c not in kept]
     if missing:
         plan.notes.append(f"{meta['runid']}: checkpoint(s) at iteration {', '.join(map(str, missing))} missing; "
                           "re-executing from the nearest earlier one")
-    return {**meta, "checkpoints": [c for c in listed if c["path"] in present]}
+    return {**meta, "checkpoints": kept}
 
 
 def backfilled(conn) -> set[tuple[str, str]]:
