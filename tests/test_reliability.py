@@ -722,8 +722,36 @@ def _killed_after_a_checkpoint(tmp: Path, zygote, runid: str, die_after: int):
     killed = zygote.run(repo, "trial.py", "--flor", runid, env={**env, "DIE_AFTER": str(die_after)})
     assert killed.code == -signal.SIGKILL, killed.text()
     meta = _store(store).run_meta(PROJID, runid)
-    last = Path(store) / "checkpoints" / PROJID / runid / meta["checkpoints"][-1]["path"]
-    return repo, store, env, meta, last
+    return repo, store, env, meta, LastCheckpoint(store, runid)
+
+
+class LastCheckpoint:
+    """A run's last listed checkpoint, to read and to tamper with (in its own file or in its pack)."""
+
+    def __init__(self, store: Path, runid: str) -> None:
+        self.store, self.runid = store, runid
+
+    def read_bytes(self) -> bytes:
+        from flor_lib import ckpt_files
+
+        meta = _store(self.store).run_meta(PROJID, self.runid)
+        return ckpt_files.read(_store(self.store), PROJID, self.runid, meta["checkpoints"][-1])
+
+    def write_bytes(self, data: bytes) -> None:
+        """Replace its bytes: a file of its own is rewritten; a packed one is appended and re-pointed to,
+        as the pack's neighbours must stay intact."""
+        store = _store(self.store)
+        meta = store.run_meta(PROJID, self.runid)
+        entry = meta["checkpoints"][-1]
+        path = Path(self.store) / "checkpoints" / PROJID / self.runid / entry["path"]
+        if "offset" not in entry:
+            path.write_bytes(data)
+            return
+        with open(path, "ab") as pack:
+            entry["offset"] = pack.tell()
+            pack.write(data)
+        entry["bytes"] = len(data)
+        store.write_json(store.run_meta_path(PROJID, self.runid), meta)
 
 
 @pytest.fixture(scope="module")
@@ -772,9 +800,7 @@ def test_replay_from_a_corrupted_checkpoint_reports_it_and_lands_nothing(tmp_pat
     (repo / "trial.py").write_text(text.replace('flor.log("final", state["w"])\n',
                                                 'flor.log("final", state["w"])\nflor.log("twice", 2 * state["w"])\n'))
     _git(repo, "commit", "-qam", "hindsight after the loops")
-    meta = _store(store).run_meta(PROJID, "past")
-    last = Path(store) / "checkpoints" / PROJID / "past" / meta["checkpoints"][-1]["path"]
-    last.write_bytes(b"\x80\x02garbage" + os.urandom(64))
+    LastCheckpoint(store, "past").write_bytes(b"\x80\x02garbage" + os.urandom(64))
     proc = subprocess.run([PY, "-c", _DRIVER, "twice", "", "1"], cwd=repo, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
