@@ -151,7 +151,9 @@ def test_a_change_makes_the_next_snapshot_take_the_slow_path(project, git, chang
     assert cached(repo) is None
     new, skipped = versions.snapshot(repo, "second")
     assert new != vid and skipped == []
-    assert git(repo, "rev-parse", f"{new}^{{tree}}") == worktree_tree(repo, git)
+    got, want = git(repo, "rev-parse", f"{new}^{{tree}}"), worktree_tree(repo, git)
+    assert got == want, {"snapshot": git(repo, "ls-tree", "-r", got), "worktree": git(repo, "ls-tree", "-r", want),
+                         "status": git(repo, "status", "--porcelain", "--ignored")}  # seen once under load
     age(repo)  # once the change is no longer racy, the new state is cached in turn
     assert versions.snapshot(repo, "third") == (new, []) and cached(repo) == (new, [])
 
