@@ -120,7 +120,8 @@ def _env() -> dict[str, str]:
 def run_git(root: Path, args: list[str], env: dict, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """Run git in root (GIT_PYTHON_GIT_EXECUTABLE, as GitPython would) with env added; output as bytes."""
     exe = os.environ.get("GIT_PYTHON_GIT_EXECUTABLE") or "git"
-    return subprocess.run([exe, *args], cwd=root, env={**os.environ, **env}, input=stdin, capture_output=True)
+    feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}  # never the user's terminal
+    return subprocess.run([exe, *args], cwd=root, env={**os.environ, **env}, capture_output=True, **feed)
 
 
 def _split(out: bytes) -> list[str]:
