@@ -77,6 +77,11 @@ def _git(root: Path, *args: str, env: dict | None = None, check: bool = True) ->
     return text[:-1] if text.endswith("\n") else text
 
 
+def _succeeds(root: Path, *args: str) -> bool:
+    """Whether a git command exits 0 (a probe: its failure is an answer, not an error)."""
+    return versions_cache.run_git(root, list(args), {}).returncode == 0
+
+
 def snapshot(root: Path, message: str, max_bytes: int | None = None) -> tuple[str, list[str]]:
     """Commit the working tree (tracked + untracked, not ignored) to the shadow branch; return (vid, skipped).
 
@@ -157,7 +162,7 @@ def _large_files(root: Path, env: dict, max_bytes: int) -> tuple[list[str], list
 
 
 def _has_commit(path: Path) -> bool:
-    return versions_cache.run_git(path, ["rev-parse", "--verify", "-q", "HEAD"], {}).returncode == 0
+    return _succeeds(path, "rev-parse", "--verify", "-q", "HEAD")
 
 
 def _commit(root: Path, ref: str, tree: str, message: str) -> tuple[str, str]:
@@ -175,7 +180,7 @@ def _commit(root: Path, ref: str, tree: str, message: str) -> tuple[str, str]:
             parents += ["-p", head]
         commit = _git(root, "commit-tree", "--no-gpg-sign", tree, *parents, "-m", message, env=_identity(root))
         # compare-and-swap: fails if another run moved the branch since we read it
-        if versions_cache.run_git(root, ["update-ref", ref, commit, tip or "0" * 40], {}).returncode == 0:
+        if _succeeds(root, "update-ref", ref, commit, tip or "0" * 40):
             return commit, commit
         time.sleep(0.01 * (attempt + 1))
     raise FlorError(f"could not update {ref} after 50 tries: another process keeps moving it")
@@ -188,7 +193,7 @@ def _identity(root: Path) -> dict[str, str]:
     """Environment for commit-tree: the user's identity, or flor's where git has none configured."""
     env = {}
     for role in ("AUTHOR", "COMMITTER"):
-        if versions_cache.run_git(root, ["var", f"GIT_{role}_IDENT"], {}).returncode != 0:
+        if not _succeeds(root, "var", f"GIT_{role}_IDENT"):
             for part, value in _FALLBACK_IDENTITY.items():
                 env.setdefault(f"GIT_{role}_{part.upper()}", os.environ.get(f"GIT_{role}_{part.upper()}") or value)
     return env

@@ -194,11 +194,12 @@ def measure(ctx: Ctx, script: scripts.Script) -> list[Row]:
                             flor=fmt_sample(e, "s"), base=fmt_sample(p, "s"), flor_vs=fmt_pct(ratios(e, p)),
                             target="record cost without the checkpoint budget" if key == "cpu" else ""))
     ctx.data.setdefault("overhead", {})[tag] = {k: {m: s.values for m, s in v.items()} for k, v in res.items()}
-    rows += accounted_rows(ctx, runmeta.load(store, "ovh-"), res["plain"]["cpu"], label, script.target)
+    metas = runmeta.load(store, "ovh-")
+    rows += accounted_rows(ctx, metas, res["plain"]["cpu"], label, script.target)
     if script.checkpoints:
         ctx.data["tutorial_parts"] = {"label": label, "plain": res["plain"], "target": script.target,
-                                      "metas": runmeta.load(store, "ovh-")}
-        rows += checkpoint_rows(ctx, runmeta.load(store, "ovh-"), label)
+                                      "metas": metas}
+        rows += checkpoint_rows(ctx, metas, label)
     return rows
 
 

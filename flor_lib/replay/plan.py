@@ -184,7 +184,8 @@ def _with_existing_checkpoints(store: Store, meta: dict, plan: ReplayPlan) -> di
     except FileNotFoundError:
         files = {}
     kept = ckpt_files.present(listed, files)  # a file gone, or a pack cut short
-    missing = [c["iter"] for c in listed if c not in kept]
+    kept_ids = {id(c) for c in kept}  # (a 2500-epoch run: no list scan per checkpoint)
+    missing = [c["iter"] for c in listed if id(c) not in kept_ids]
     if missing:
         plan.notes.append(f"{meta['runid']}: checkpoint(s) at iteration {', '.join(map(str, missing))} missing; "
                           "re-executing from the nearest earlier one")
